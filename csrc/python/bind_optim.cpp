@@ -1,0 +1,3 @@
+#include "bindings.h"
+
+void bind_optim(py::module_& m) { (void)m; }

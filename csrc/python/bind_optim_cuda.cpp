@@ -1,0 +1,3 @@
+#include "bindings.h"
+
+void bind_optim_cuda(py::module_& m) { (void)m; }

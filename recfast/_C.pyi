@@ -1,0 +1,23 @@
+# Type stubs for recfast._C, the CPU kernels. Arrays are C-contiguous numpy arrays of the exact
+# dtype named (no conversion happens); int arrays named `indices` may be int32 or int64.
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+__version__: str
+
+def build_info() -> dict[str, Any]: ...
+def max_threads() -> int: ...
+def csr_check(indptr: npt.NDArray[np.int64], indices: npt.NDArray[Any], n_cols: int) -> str: ...
+def csr_transpose(
+    indptr: npt.NDArray[np.int64], indices: npt.NDArray[Any], values: npt.NDArray[np.float32] | None, n_cols: int
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[Any], npt.NDArray[np.float32] | None]: ...
+def csr_from_coo_i32(
+    rows: npt.NDArray[np.int64], cols: npt.NDArray[np.int64], values: npt.NDArray[np.float32] | None,
+    n_rows: int, duplicates: int,
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int32], npt.NDArray[np.float32] | None, int]: ...
+def csr_from_coo_i64(
+    rows: npt.NDArray[np.int64], cols: npt.NDArray[np.int64], values: npt.NDArray[np.float32] | None,
+    n_rows: int, duplicates: int,
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.float32] | None, int]: ...

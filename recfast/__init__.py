@@ -1,0 +1,13 @@
+"""recfast: compiled CPU/CUDA kernels for recommender systems under a thin PyTorch layer."""
+
+from __future__ import annotations
+
+from . import _C
+from ._backend import build_info, cuda_available
+from .csr import CSR
+
+__version__: str = _C.__version__
+
+from . import data, eval, graph, ops, optim  # noqa: E402
+
+__all__ = ["CSR", "build_info", "cuda_available", "data", "eval", "graph", "ops", "optim", "__version__"]

@@ -1,0 +1,3 @@
+"""Placeholder: the training loaders."""
+
+__all__: list[str] = []
