@@ -222,7 +222,14 @@ class Recommender(nn.Module):
             train.__setstate__(state["train"])
             model.prepare(train)
         model.load_extra_state(state.get("extra") or {})
-        model.load_state_dict(state["state_dict"])
+        sd = state["state_dict"]
+        # Buffers that fit() sizes (EASE's weights) start empty: take the saved shape.
+        for name, buf in list(model.named_buffers()):
+            if name in sd and sd[name].shape != buf.shape:
+                owner_name, _, attr = name.rpartition(".")
+                owner = model.get_submodule(owner_name) if owner_name else model
+                owner.register_buffer(attr, torch.empty_like(sd[name]))
+        model.load_state_dict(sd)
         return model
 
     def extra_state(self) -> dict[str, Any]:
