@@ -48,7 +48,7 @@ class CSR:
     ([0, 2, 3], [0, 2, 1])
     """
 
-    __slots__ = ("indptr", "indices", "values", "shape", "symmetric", "_transpose")
+    __slots__ = ("indptr", "indices", "values", "shape", "symmetric", "_transpose", "__weakref__")
 
     indptr: torch.Tensor
     indices: torch.Tensor

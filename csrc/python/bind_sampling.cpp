@@ -1,3 +1,43 @@
-#include "bindings.h"
+#include <optional>
 
-void bind_sampling(py::module_& m) { (void)m; }
+#include "bindings.h"
+#include "recfast/sampling.h"
+
+namespace rp = recfast::python;
+using rp::carray;
+
+namespace {
+
+template <typename I>
+std::int64_t sample(const carray<std::int64_t>& indptr, const carray<I>& indices, std::int64_t n_items,
+                    const carray<std::int64_t>& users, std::int64_t num_negatives, std::uint64_t seed,
+                    std::int64_t row_offset, bool replace, const std::optional<carray<double>>& cum,
+                    const std::optional<carray<double>>& G, carray<std::int64_t>& out, int num_threads) {
+  const std::int64_t n_users = indptr.size() - 1;
+  const std::int64_t batch = users.size();
+  rp::require(cum.has_value() == G.has_value(), "sample_negatives: cum and G must be given together");
+  if (cum) rp::require_size(*cum, n_items + 1, "sample_negatives", "cum");
+  if (G) rp::require_size(*G, indices.size() + 1, "sample_negatives", "G");
+  rp::require_size(out, batch * num_negatives, "sample_negatives", "out");
+  py::gil_scoped_release release;
+  return recfast::cpu::sample_negatives<I>(indptr.data(), indices.data(), n_users, n_items, users.data(), batch,
+                                           num_negatives, seed, row_offset, replace, cum ? cum->data() : nullptr,
+                                           G ? G->data() : nullptr, out.mutable_data(), num_threads);
+}
+
+template <typename I>
+void bind_typed(py::module_& m) {
+  m.def("sample_negatives", &sample<I>, py::arg("indptr").noconvert(), py::arg("indices").noconvert(),
+        py::arg("n_items"), py::arg("users").noconvert(), py::arg("num_negatives"), py::arg("seed"),
+        py::arg("row_offset"), py::arg("replace"), py::arg("cum").noconvert().none(true),
+        py::arg("G").noconvert().none(true), py::arg("out").noconvert(), py::arg("num_threads"),
+        "Writes negatives into out (flattened (batch, K)); returns -1, or the batch position of the first "
+        "user without enough candidates. Callers validate ids first.");
+}
+
+}  // namespace
+
+void bind_sampling(py::module_& m) {
+  bind_typed<std::int32_t>(m);
+  bind_typed<std::int64_t>(m);
+}

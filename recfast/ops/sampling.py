@@ -1,3 +1,264 @@
-"""Placeholder: filled in by the sampling work."""
+"""Rejection-free negative sampling over a CSR matrix.
 
-__all__: list[str] = []
+A draw never retries: a uniform draw r in [0, n_items - deg(u)) is mapped to the r-th item absent
+from the user's sorted row by a binary search (O(log deg)); a weighted draw inverts the CDF of the
+weights restricted to the row's complement. Draw k of batch position b comes from a counter-based
+generator keyed by (seed, row_offset + b, k): the output for a seed is the same for any thread
+count, any split of the batch (with matching ``row_offset``) and on CPU and CUDA.
+"""
+
+from __future__ import annotations
+
+import weakref
+
+import numpy as np
+import torch
+
+from .. import _C
+from .._backend import INDEX_DTYPES, check_range, check_tensor, cuda_module, np_view, stream_of
+from ..csr import CSR
+
+__all__ = ["sample_negatives"]
+
+_MASK64 = (1 << 64) - 1
+# Per-CSR cache of the weighted prefix sums, keyed by the weights tensor's identity and version.
+_WEIGHT_CACHE: "weakref.WeakKeyDictionary[CSR, tuple]" = weakref.WeakKeyDictionary()
+
+
+def sample_negatives(
+    csr: CSR,
+    users: torch.Tensor,
+    num_negatives: int = 1,
+    *,
+    seed: int,
+    replace: bool = True,
+    weights: torch.Tensor | None = None,
+    row_offset: int = 0,
+    num_threads: int | None = None,
+) -> torch.Tensor:
+    """Items that user ``users[b]`` has not interacted with, ``num_negatives`` per user.
+
+    Parameters
+    ----------
+    csr : users x items interactions (rows sorted, as ``recfast.CSR`` guarantees).
+    users : int32/int64 tensor (B,) of row ids, on ``csr``'s device.
+    num_negatives : K, negatives per user.
+    seed : the generator's seed (any Python int; taken modulo 2**64).
+    replace : False draws K distinct items per row (NCF's sampled evaluation); a row with fewer than
+        K candidates raises ValueError.
+    weights : optional non-negative float tensor (n_items,): draws are proportional to the weights
+        over the user's unseen items (e.g. popularity ** 0.75). Zero-weight items are never drawn.
+    row_offset : the global position of ``users[0]``: sampling a batch in pieces with matching
+        offsets gives exactly the output of sampling it whole.
+    num_threads : OpenMP threads on CPU (default: OpenMP's setting).
+
+    Returns
+    -------
+    LongTensor (B, K) on ``csr``'s device.
+
+    Raises
+    ------
+    ValueError naming the user when a user has no (or too few) negatives left, and for ids out of
+    range; TypeError for wrong dtypes.
+
+    Examples
+    --------
+    >>> import torch, recfast
+    >>> csr = recfast.CSR.from_coo(torch.tensor([0, 0, 1]), torch.tensor([0, 1, 2]), shape=(2, 4))
+    >>> neg = recfast.ops.sample_negatives(csr, torch.tensor([0, 1]), 3, seed=7)
+    >>> bool((neg[0] >= 2).all())
+    True
+    """
+    op = "sample_negatives"
+    if not isinstance(csr, CSR):
+        raise TypeError(f"{op}: csr must be a recfast.CSR, got {type(csr).__name__}")
+    check_tensor(op, "users", users, dtypes=INDEX_DTYPES, ndim=1, device=csr.device, contiguous=False)
+    if isinstance(num_negatives, bool) or not isinstance(num_negatives, (int, np.integer)) or num_negatives < 0:
+        raise ValueError(f"{op}: num_negatives must be a non-negative int, got {num_negatives!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"{op}: seed must be an int, got {type(seed).__name__}")
+    if isinstance(row_offset, bool) or not isinstance(row_offset, (int, np.integer)) or row_offset < 0:
+        raise ValueError(f"{op}: row_offset must be a non-negative int, got {row_offset!r}")
+    n_users, n_items = csr.shape
+    k = int(num_negatives)
+    check_range(op, "users", users, n_users)
+    cum = G = None
+    if weights is not None:
+        check_tensor(op, "weights", weights, dtypes=(torch.float32, torch.float64), ndim=1, device=csr.device,
+                     contiguous=False)
+        if weights.numel() != n_items:
+            raise ValueError(f"{op}: weights has {weights.numel()} entries, expected n_items = {n_items}")
+        cum, G = _weighted_prefix(csr, weights)
+    seed = int(seed) & _MASK64
+    users64 = users.to(torch.int64).contiguous()
+    out = torch.empty(users64.numel(), k, dtype=torch.int64, device=csr.device)
+    if users64.numel() == 0 or k == 0:
+        return out
+
+    if csr.device.type == "cuda" and not (weights is not None and not replace):
+        mod = cuda_module(op)
+        if mod is None:
+            return _sample_negatives_reference(csr, users64, k, seed=seed, replace=replace, weights=weights,
+                                               row_offset=row_offset).to(csr.device)
+        bad = torch.full((1,), users64.numel(), dtype=torch.int64, device=csr.device)
+        with torch.cuda.device(csr.device):
+            mod.sample_negatives(csr.indptr.data_ptr(), csr.indices.data_ptr(), csr.indices.dtype == torch.int64,
+                                 n_items, users64.data_ptr(), users64.numel(), k, seed, int(row_offset), bool(replace),
+                                 0 if cum is None else cum.data_ptr(), 0 if G is None else G.data_ptr(),
+                                 out.data_ptr(), bad.data_ptr(), stream_of(out))
+        b = int(bad.item())
+        if b < users64.numel():
+            _raise_no_negatives(csr, users64, b, k, replace, weights)
+        return out
+
+    # CPU, and weighted sampling without replacement on CUDA (sequential per row: run on the host;
+    # the stream layout is the same, so the result is identical).
+    on_cpu = csr.device.type == "cpu"
+    c = csr if on_cpu else csr.to("cpu")
+    host_out = out if on_cpu else torch.empty_like(out, device="cpu")
+    cum_h = None if cum is None else cum.cpu()
+    G_h = None if G is None else G.cpu()
+    b = _C.sample_negatives(np_view(c.indptr), np_view(c.indices), n_items, np_view(users64.cpu()), k, seed,
+                            int(row_offset), bool(replace), None if cum_h is None else np_view(cum_h),
+                            None if G_h is None else np_view(G_h), np_view(host_out).reshape(-1),
+                            int(num_threads or 0))
+    if b >= 0:
+        _raise_no_negatives(csr, users64, b, k, replace, weights)
+    return out if on_cpu else host_out.to(csr.device)
+
+
+def _weighted_prefix(csr: CSR, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """cum (n_items + 1) and G (nnz + 1) in float64, cached per CSR and weights version."""
+    key = (weights.data_ptr(), weights._version, weights.dtype, weights.numel())
+    hit = _WEIGHT_CACHE.get(csr)
+    if hit is not None and hit[0] == key:
+        return hit[1], hit[2]
+    w = weights.detach().to(torch.float64)
+    if not bool(torch.isfinite(w).all()):
+        raise ValueError("sample_negatives: weights must be finite")
+    if bool((w < 0).any()):
+        raise ValueError(f"sample_negatives: weights must be non-negative, got {float(w.min())}")
+    zero = torch.zeros(1, dtype=torch.float64, device=w.device)
+    cum = torch.cat([zero, torch.cumsum(w, 0)])
+    G = torch.cat([zero, torch.cumsum(w[csr.indices.to(torch.int64)], 0)])
+    _WEIGHT_CACHE[csr] = (key, cum, G)
+    return cum, G
+
+
+def _raise_no_negatives(csr: CSR, users: torch.Tensor, b: int, k: int, replace: bool,
+                        weights: torch.Tensor | None) -> None:
+    u = int(users[b])
+    deg = int(csr.indptr[u + 1] - csr.indptr[u])
+    avail = csr.n_cols - deg
+    if weights is not None:
+        raise ValueError(
+            f"sample_negatives: user {u} has no weighted mass left among its {avail} unseen items"
+            + ("" if replace else f" for {k} distinct negatives (replace=False)")
+        )
+    if avail == 0:
+        raise ValueError(f"sample_negatives: user {u} has no negative item left (it has all {csr.n_cols} items)")
+    raise ValueError(
+        f"sample_negatives: user {u} has {avail} unseen items, fewer than num_negatives={k} with replace=False"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Reference: plain numpy, one user at a time, reproducing the counter-based generator exactly.
+# ---------------------------------------------------------------------------------------------
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    x = (x + np.uint64(0x9E3779B97F4A7C15)).astype(np.uint64)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def _rng_key(seed: int, stream: np.ndarray) -> np.ndarray:
+    s = _splitmix64(np.array([seed], dtype=np.uint64))
+    return _splitmix64(s ^ (stream.astype(np.uint64) * np.uint64(0xD1B54A32D192ED03) + np.uint64(0x8CB92BA72F3D8DD7)))
+
+
+def _rng_bits(key: np.ndarray, counter: np.ndarray) -> np.ndarray:
+    return _splitmix64(key + counter.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15))
+
+
+def _mulhi(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    m32 = np.uint64(0xFFFFFFFF)
+    s32 = np.uint64(32)
+    a = a.astype(np.uint64)
+    b = np.broadcast_to(np.asarray(b, dtype=np.uint64), a.shape)
+    a_lo, a_hi = a & m32, a >> s32
+    b_lo, b_hi = b & m32, b >> s32
+    lo_lo, hi_lo, lo_hi, hi_hi = a_lo * b_lo, a_hi * b_lo, a_lo * b_hi, a_hi * b_hi
+    cross = (lo_lo >> s32) + (hi_lo & m32) + lo_hi
+    return hi_hi + (hi_lo >> s32) + (cross >> s32)
+
+
+def _rng_unit(bits: np.ndarray) -> np.ndarray:
+    return (bits >> np.uint64(11)).astype(np.float64) * (1.0 / 9007199254740992.0)
+
+
+def _sample_negatives_reference(
+    csr: CSR,
+    users: torch.Tensor,
+    num_negatives: int,
+    *,
+    seed: int,
+    replace: bool = True,
+    weights: torch.Tensor | None = None,
+    row_offset: int = 0,
+) -> torch.Tensor:
+    """The same draws as the kernel, computed from each user's explicit complement list."""
+    c = csr.to("cpu")
+    indptr = c.indptr.numpy()
+    indices = c.indices.numpy().astype(np.int64)
+    n_items = csr.n_cols
+    users_np = users.cpu().numpy().astype(np.int64)
+    k = int(num_negatives)
+    out = np.empty((users_np.size, k), dtype=np.int64)
+    keys = _rng_key(int(seed) & _MASK64, np.arange(users_np.size, dtype=np.uint64) + np.uint64(row_offset))
+    counters = np.arange(k, dtype=np.uint64)
+    w = None if weights is None else weights.detach().cpu().numpy().astype(np.float64)
+    cum = None if w is None else np.concatenate([[0.0], np.cumsum(w)])
+    G_full = None if w is None else np.concatenate([[0.0], np.cumsum(w[indices])])
+    for b, u in enumerate(users_np):
+        row = indices[indptr[u]:indptr[u + 1]]
+        complement = np.setdiff1d(np.arange(n_items), row)
+        bits = _rng_bits(np.full(k, keys[b], dtype=np.uint64), counters)
+        if w is None:
+            m = complement.size
+            if m < (1 if replace else k):
+                _raise_no_negatives(csr, users, b, k, replace, None)
+            if replace:
+                out[b] = complement[_mulhi(bits, np.uint64(m)).astype(np.int64)]
+            else:
+                ranks: list[int] = []
+                for c_, j in enumerate(range(m - k, m)):
+                    t = int(_mulhi(bits[c_:c_ + 1], np.uint64(j + 1))[0])
+                    ranks.append(j if t in ranks else t)
+                out[b] = complement[np.array(ranks, dtype=np.int64)]
+            continue
+        local = list(row)
+        # The kernel's float arithmetic: G is the prefix over all stored entries, in order.
+        local_G = list(G_full[indptr[u]:indptr[u + 1] + 1])
+        for kk in range(k):
+            arr = np.array(local, dtype=np.int64)
+            lg = np.array(local_G)
+            mass = cum[n_items] - (lg[len(local)] - lg[0])
+            if not (mass > (0.0 if replace else 1e-12 * cum[n_items])):
+                _raise_no_negatives(csr, users, b, k, replace, weights)
+            t = _rng_unit(bits[kk:kk + 1])[0] * mass
+            below = np.searchsorted(arr, np.arange(1, n_items + 1), side="left")
+            cmass = cum[1:] - (lg[below] - lg[0])
+            ok = (cum[1:] - cum[:-1] > 0) & ~np.isin(np.arange(n_items), arr)
+            cand = np.nonzero((cmass > t) & ok)[0]
+            x = int(cand[0]) if cand.size else int(np.nonzero(ok)[0][-1])
+            out[b, kk] = x
+            if not replace:
+                pos = int(np.searchsorted(arr, x))
+                wx = cum[x + 1] - cum[x]
+                local.insert(pos, x)
+                local_G.insert(pos + 1, local_G[pos] + wx)
+                for q in range(pos + 2, len(local_G)):
+                    local_G[q] += wx
+    return torch.from_numpy(out)

@@ -11,16 +11,125 @@ namespace recfast {
 // row entries that precede it), found by binary search in O(log deg).
 template <typename I>
 RF_HD std::int64_t kth_unseen(const I* row, std::int64_t deg, std::int64_t r) {
-  std::int64_t lo = 0, hi = deg;
-  while (lo < hi) {
-    const std::int64_t mid = lo + ((hi - lo) >> 1);
-    if (static_cast<std::int64_t>(row[mid]) - mid > r) {
-      hi = mid;
-    } else {
-      lo = mid + 1;
-    }
+  // Branchless lower bound (the select compiles to a conditional move): random r makes the
+  // comparisons unpredictable, and mispredictions would dominate a branchy search.
+  std::int64_t lo = 0, n = deg;
+  while (n > 0) {
+    const std::int64_t half = n >> 1;
+    const std::int64_t mid = lo + half;
+    const bool right = static_cast<std::int64_t>(row[mid]) - mid <= r;
+    lo = right ? mid + 1 : lo;
+    n = right ? n - half - 1 : half;
   }
   return r + lo;
 }
 
 }  // namespace recfast
+
+#include "recfast/rng.h"
+
+namespace recfast {
+
+// Weighted draws use an inverse CDF over the complement of the row:
+//   cum[i] = w_0 + ... + w_{i-1} (n_items + 1 doubles, cum[0] = 0) is the global prefix;
+//   G[p] = w(indices[0]) + ... + w(indices[p-1]) (nnz + 1 doubles) is the prefix over the stored
+//   entries, so the weight of a row's first t entries is rowG[t] - rowG[0] with rowG = G + indptr[u];
+//   the complement mass below item x is C(x) = cum[x] - (rowG[#row entries < x] - rowG[0]).
+// A target t in [0, C(n_items)) maps to the smallest x with C(x + 1) > t, which is never a row
+// item (those add no mass). Binary search over x: O(log n_items * log deg), no per-row scratch.
+template <typename I>
+RF_HD std::int64_t row_below(const I* row, std::int64_t deg, std::int64_t x) {
+  std::int64_t lo = 0, hi = deg;
+  while (lo < hi) {
+    const std::int64_t mid = lo + ((hi - lo) >> 1);
+    if (static_cast<std::int64_t>(row[mid]) < x) {
+      lo = mid + 1;
+    } else {
+      hi = mid;
+    }
+  }
+  return lo;
+}
+
+template <typename I>
+RF_HD std::int64_t weighted_unseen(const double* cum, std::int64_t n_items, const I* row, const double* rowG,
+                                   std::int64_t deg, double t) {
+  std::int64_t lo = 0, hi = n_items - 1;
+  while (lo < hi) {
+    const std::int64_t mid = lo + ((hi - lo) >> 1);
+    const double c = cum[mid + 1] - (rowG[row_below(row, deg, mid + 1)] - rowG[0]);
+    if (c > t) {
+      hi = mid;
+    } else {
+      lo = mid + 1;
+    }
+  }
+  // Rounding at a boundary can land on a row item or a zero-weight item: step forward to the next
+  // item outside the row with positive weight, else back to the previous one.
+  std::int64_t x = lo;
+  std::int64_t p = row_below(row, deg, x);
+  while (x < n_items && ((p < deg && static_cast<std::int64_t>(row[p]) == x) || !(cum[x + 1] - cum[x] > 0.0))) {
+    if (p < deg && static_cast<std::int64_t>(row[p]) == x) ++p;
+    ++x;
+  }
+  if (x >= n_items) {
+    x = lo;
+    p = row_below(row, deg, x);
+    while (x > 0 && ((p < deg && static_cast<std::int64_t>(row[p]) == x) || !(cum[x + 1] - cum[x] > 0.0))) {
+      --x;
+      p = row_below(row, deg, x);
+    }
+  }
+  return x;
+}
+
+// Complement mass of a row: total weight minus the row's own weight.
+RF_HD double complement_mass(const double* cum, std::int64_t n_items, const double* rowG, std::int64_t deg) {
+  return cum[n_items] - (rowG[deg] - rowG[0]);
+}
+
+// Uniform draw number `draw` for batch position `pos`: the r-th unseen item of the row.
+template <typename I>
+RF_HD std::int64_t uniform_negative(std::uint64_t key, std::uint64_t draw, const I* row, std::int64_t deg,
+                                    std::int64_t n_items) {
+  const std::uint64_t r = rng_below(rng_bits(key, draw), static_cast<std::uint64_t>(n_items - deg));
+  return kth_unseen(row, deg, static_cast<std::int64_t>(r));
+}
+
+// Floyd's algorithm: K distinct ranks in [0, m) from draws 0..K-1 of the stream, written to
+// out[0..K); membership is a scan of the ranks written so far (O(K^2), fine for the tens to
+// hundreds of negatives of sampled evaluation). The caller maps ranks to items by kth_unseen.
+RF_HD void floyd_ranks(std::uint64_t key, std::int64_t m, std::int64_t K, std::int64_t* out) {
+  std::int64_t c = 0;
+  for (std::int64_t j = m - K; j < m; ++j, ++c) {
+    const std::int64_t t = static_cast<std::int64_t>(rng_below(rng_bits(key, static_cast<std::uint64_t>(c)),
+                                                               static_cast<std::uint64_t>(j + 1)));
+    bool seen = false;
+    for (std::int64_t q = 0; q < c; ++q) {
+      if (out[q] == t) {
+        seen = true;
+        break;
+      }
+    }
+    out[c] = seen ? j : t;
+  }
+}
+
+}  // namespace recfast
+
+namespace recfast::cpu {
+
+// out[b * K + k] = a negative for user users[b]. The stream of row b is rng_key(seed, row_offset + b)
+// and draw k of that stream is rng_bits(key, k), so any split of the batch with the matching
+// row_offset reproduces the whole batch, on any thread count and on CUDA.
+// cum, G: nullptr (uniform) or the prefix sums described above (weighted).
+// replace == false draws distinct items per row (Floyd's algorithm over complement ranks for
+// uniform; sequential removal of each drawn item's mass for weighted).
+// Returns -1 on success, else the batch position of a user without enough negatives.
+template <typename I>
+std::int64_t sample_negatives(const offset_t* indptr, const I* indices, std::int64_t n_users, std::int64_t n_items,
+                              const std::int64_t* users, std::int64_t batch, std::int64_t num_negatives,
+                              std::uint64_t seed, std::int64_t row_offset, bool replace, const double* cum,
+                              const double* G, std::int64_t* out, int num_threads);
+
+}  // namespace recfast::cpu
