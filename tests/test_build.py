@@ -54,3 +54,12 @@ def test_cuda_module_loads_without_gpu() -> None:
         pytest.skip("built without CUDA")
     assert mod.__version__ == recfast.__version__
     assert mod.device_count() >= 0
+
+
+def test_sanitizer_build_is_the_one_under_test() -> None:
+    """tools/sanitize_tests.sh sets RECFAST_EXPECT_SANITIZE: make sure the ASan module was imported."""
+    import os
+
+    if os.environ.get("RECFAST_EXPECT_SANITIZE") != "1":
+        pytest.skip("not a sanitizer run")
+    assert recfast.build_info()["sanitize"] is True
