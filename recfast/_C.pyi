@@ -21,3 +21,10 @@ def csr_from_coo_i64(
     rows: npt.NDArray[np.int64], cols: npt.NDArray[np.int64], values: npt.NDArray[np.float32] | None,
     n_rows: int, duplicates: int,
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.float32] | None, int]: ...
+
+# --- sampling ---
+def sample_negatives(
+    indptr: npt.NDArray[np.int64], indices: npt.NDArray[Any], n_items: int, users: npt.NDArray[np.int64],
+    num_negatives: int, seed: int, row_offset: int, replace: bool, cum: npt.NDArray[np.float64] | None,
+    G: npt.NDArray[np.float64] | None, out: npt.NDArray[np.int64], num_threads: int,
+) -> int: ...
