@@ -133,3 +133,19 @@ std::int64_t sample_negatives(const offset_t* indptr, const I* indices, std::int
                               const double* G, std::int64_t* out, int num_threads);
 
 }  // namespace recfast::cpu
+
+struct CUstream_st;  // cudaStream_t is CUstream_st*; declared here so CPU-only code can include this
+
+namespace recfast::cuda {
+
+// The CUDA twin of cpu::sample_negatives, on device pointers, launched on `stream`. `bad` is a
+// device int64 that the caller initialises to `batch`; it receives the lowest batch position of a
+// user without enough candidates. Weighted sampling without replacement is sequential per row and
+// runs on the host (same streams, same result).
+template <typename I>
+void sample_negatives(const offset_t* indptr, const I* indices, std::int64_t n_items, const std::int64_t* users,
+                      std::int64_t batch, std::int64_t num_negatives, std::uint64_t seed, std::int64_t row_offset,
+                      bool replace, const double* cum, const double* G, std::int64_t* out, std::int64_t* bad,
+                      CUstream_st* stream);
+
+}  // namespace recfast::cuda
