@@ -216,6 +216,8 @@ def _sample_negatives_reference(
     users_np = users.cpu().numpy().astype(np.int64)
     k = int(num_negatives)
     out = np.empty((users_np.size, k), dtype=np.int64)
+    if k == 0:
+        return torch.from_numpy(out)
     keys = _rng_key(int(seed) & _MASK64, np.arange(users_np.size, dtype=np.uint64) + np.uint64(row_offset))
     counters = np.arange(k, dtype=np.uint64)
     w = None if weights is None else weights.detach().cpu().numpy().astype(np.float64)

@@ -1,0 +1,133 @@
+"""PairwiseLoader / PointwiseLoader: epoch coverage, order, seeding, sharding, resume, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import recfast
+from recfast.data import PairwiseLoader, PointwiseLoader
+
+
+@pytest.fixture(scope="module")
+def csr() -> recfast.CSR:
+    return recfast.data.synthetic(200, 120, 3000, seed=3).to_csr()
+
+
+def _pairs(users: torch.Tensor, items: torch.Tensor) -> list[tuple[int, int]]:
+    return list(zip(users.tolist(), items.tolist()))
+
+
+def _epoch(loader) -> tuple[torch.Tensor, ...]:
+    parts = list(loader)
+    return tuple(torch.cat([p[i] for p in parts]) for i in range(3))
+
+
+def test_epoch_covers_every_interaction_once_with_valid_negatives(csr) -> None:
+    loader = PairwiseLoader(csr, 256, seed=0)
+    users, pos, neg = _epoch(loader)
+    truth = sorted(zip(*[a.tolist() for a in np.nonzero(csr.to_scipy().toarray())]))
+    assert sorted(_pairs(users, pos)) == truth
+    assert len(loader) == -(-csr.nnz // 256)
+    dense = csr.to_scipy().toarray() > 0
+    assert not dense[users.numpy(), neg.numpy()].any()
+
+
+def test_new_order_each_epoch_and_seeded(csr) -> None:
+    a = PairwiseLoader(csr, 500, seed=1)
+    e0, e1 = _epoch(a), _epoch(a)
+    assert not torch.equal(e0[0], e1[0])
+    b = PairwiseLoader(csr, 500, seed=1)
+    assert all(torch.equal(x, y) for x, y in zip(_epoch(b), e0))
+    assert not torch.equal(_epoch(PairwiseLoader(csr, 500, seed=2))[0], e0[0])
+
+
+def test_resume_mid_training_reproduces_the_epoch(csr) -> None:
+    a = PairwiseLoader(csr, 333, seed=7)
+    _epoch(a)
+    state = a.state_dict()
+    want = _epoch(a)
+    b = PairwiseLoader(csr, 333, seed=7)
+    b.load_state_dict(state)
+    assert all(torch.equal(x, y) for x, y in zip(_epoch(b), want))
+    c = PairwiseLoader(csr, 333, seed=7)
+    c.set_epoch(1)
+    assert all(torch.equal(x, y) for x, y in zip(_epoch(c), want))
+
+
+def test_batch_size_does_not_change_the_epoch(csr) -> None:
+    """Negatives are keyed by global position: the same epoch whatever the batch size."""
+    a = _epoch(PairwiseLoader(csr, 100, seed=4))
+    b = _epoch(PairwiseLoader(csr, 1000, seed=4))
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def test_ranks_take_disjoint_equal_shares_of_the_same_epoch(csr) -> None:
+    whole = _epoch(PairwiseLoader(csr, 64, seed=5))
+    shares = [_epoch(PairwiseLoader(csr, 64, seed=5, rank=r, world_size=3)) for r in range(3)]
+    n = csr.nnz // 3
+    assert all(s[0].numel() == n for s in shares)
+    joined = [torch.cat([s[i] for s in shares]) for i in range(3)]
+    assert all(torch.equal(j, w[: 3 * n]) for j, w in zip(joined, whole))
+    assert len(PairwiseLoader(csr, 64, seed=5, rank=0, world_size=3)) == -(-n // 64)
+
+
+def test_multiple_negatives_and_drop_last(csr) -> None:
+    loader = PairwiseLoader(csr, 128, 3, seed=0, drop_last=True)
+    batches = list(loader)
+    assert len(batches) == len(loader) == csr.nnz // 128
+    assert all(b[2].shape == (128, 3) for b in batches)
+
+
+def test_no_shuffle_is_row_major(csr) -> None:
+    users, pos, _ = _epoch(PairwiseLoader(csr, 77, seed=0, shuffle=False))
+    assert torch.equal(pos, csr.indices.long())
+    assert torch.equal(users, torch.repeat_interleave(torch.arange(csr.n_rows), csr.row_lengths()))
+
+
+def test_pointwise_labels_and_fresh_negatives(csr) -> None:
+    loader = PointwiseLoader(csr, 200, 4, seed=0)
+    u0, i0, l0 = _epoch(loader)
+    assert u0.numel() == 5 * csr.nnz and float(l0.sum()) == csr.nnz
+    dense = csr.to_scipy().toarray() > 0
+    assert np.array_equal(dense[u0.numpy(), i0.numpy()], l0.numpy() == 1)
+    _, i1, l1 = _epoch(loader)
+    assert not torch.equal(i0[l0 == 0].sort().values, i1[l1 == 0].sort().values)
+
+
+def test_weighted_negatives(csr) -> None:
+    w = torch.zeros(csr.n_cols)
+    w[:60] = 1.0
+    _, _, neg = _epoch(PairwiseLoader(csr, 512, seed=0, weights=w))
+    assert int(neg.max()) < 60
+
+
+def test_errors(csr) -> None:
+    with pytest.raises(ValueError, match="batch_size must be a positive int"):
+        PairwiseLoader(csr, 0, seed=0)
+    with pytest.raises(ValueError, match="num_negatives must be >= 1"):
+        PairwiseLoader(csr, 10, 0, seed=0)
+    with pytest.raises(ValueError, match="rank < world_size"):
+        PairwiseLoader(csr, 10, seed=0, rank=2, world_size=2)
+    with pytest.raises(TypeError, match="csr must be a recfast.CSR"):
+        PointwiseLoader(csr.to_scipy(), 10, seed=0)
+
+
+def test_drops_into_a_hand_written_torch_loop(csr) -> None:
+    """The loader is a plain iterable: a tiny MF trained by hand lowers its BPR loss."""
+    torch.manual_seed(0)
+    u = torch.nn.Embedding(csr.n_rows, 16)
+    v = torch.nn.Embedding(csr.n_cols, 16)
+    opt = torch.optim.Adam([*u.parameters(), *v.parameters()], lr=0.05)
+    loader = PairwiseLoader(csr, 256, seed=0)
+    losses = []
+    for _ in range(8):
+        for users, pos, neg in loader:
+            x = (u(users) * (v(pos) - v(neg))).sum(-1)
+            loss = torch.nn.functional.softplus(-x).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+    assert np.mean(losses[-10:]) < 0.8 * np.mean(losses[:10])

@@ -1,0 +1,234 @@
+"""sample_negatives: exactness, distribution, determinism, reference parity, errors, CUDA parity."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.stats
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import recfast
+from recfast.ops import sample_negatives
+from recfast.ops.sampling import _sample_negatives_reference as _sample_negatives_ref
+from conftest import random_csr, requires_cuda
+
+
+def _assert_never_positive(csr: recfast.CSR, users: torch.Tensor, neg: torch.Tensor) -> None:
+    dense = csr.to("cpu").to_scipy().toarray() > 0
+    u = users.cpu().numpy()
+    n = neg.cpu().numpy()
+    assert np.all((n >= 0) & (n < csr.n_cols))
+    assert not dense[u[:, None], n].any(), "a negative is one of the user's positives"
+
+
+@pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64])
+@pytest.mark.parametrize("replace", [True, False])
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("seed", [0, 1, 2**63 + 5])
+def test_matches_reference_exactly(device, index_dtype, replace, weighted, seed) -> None:
+    csr = random_csr(60, 40, 0.3, seed=seed % 97, index_dtype=index_dtype).to(device)
+    users = torch.randint(0, 60, (123,), generator=torch.Generator().manual_seed(seed % 13)).to(device)
+    w = (torch.rand(40, generator=torch.Generator().manual_seed(3)) ** 2).to(device) if weighted else None
+    got = sample_negatives(csr, users, 5, seed=seed, replace=replace, weights=w)
+    want = _sample_negatives_ref(csr, users, 5, seed=seed, replace=replace, weights=w)
+    assert got.dtype == torch.int64 and got.shape == (123, 5) and got.device.type == device
+    assert torch.equal(got.cpu(), want)
+    _assert_never_positive(csr, users, got)
+
+
+def test_dense_user_costs_nothing_special_and_is_exact() -> None:
+    """A user with 99% of the catalogue still gets exact negatives (no retry loop to hang in)."""
+    n_items = 1000
+    rows = np.zeros(990, dtype=np.int64)
+    cols = np.random.default_rng(0).choice(n_items, 990, replace=False)
+    csr = recfast.CSR.from_coo(torch.from_numpy(rows), torch.from_numpy(cols), shape=(1, n_items))
+    users = torch.zeros(20_000, dtype=torch.int64)
+    neg = sample_negatives(csr, users, 1, seed=0)
+    allowed = set(range(n_items)) - set(cols.tolist())
+    assert set(neg.view(-1).tolist()) == allowed  # every one of the 10 candidates, nothing else
+
+
+def test_uniform_chi_square_over_complement() -> None:
+    csr = random_csr(3, 50, 0.4, seed=4)
+    users = torch.full((50_000,), 1, dtype=torch.int64)
+    neg = sample_negatives(csr, users, 1, seed=11).view(-1).numpy()
+    complement = np.setdiff1d(np.arange(50), csr.row(1).numpy())
+    counts = np.array([(neg == i).sum() for i in complement])
+    assert counts.sum() == neg.size
+    assert scipy.stats.chisquare(counts).pvalue > 1e-4
+
+
+def test_weighted_chi_square_over_complement() -> None:
+    csr = random_csr(3, 40, 0.3, seed=5)
+    w = torch.rand(40, generator=torch.Generator().manual_seed(1)) + 0.05
+    w[7] = 0.0  # zero weight: never drawn
+    users = torch.full((60_000,), 2, dtype=torch.int64)
+    neg = sample_negatives(csr, users, 1, seed=3, weights=w).view(-1).numpy()
+    complement = np.setdiff1d(np.arange(40), csr.row(2).numpy())
+    assert 7 not in set(neg.tolist())
+    complement = complement[complement != 7]
+    expected = w.numpy()[complement].astype(np.float64)
+    expected = expected / expected.sum() * neg.size
+    counts = np.array([(neg == i).sum() for i in complement])
+    assert counts.sum() == neg.size
+    assert scipy.stats.chisquare(counts, expected).pvalue > 1e-4
+
+
+def test_without_replacement_rows_are_distinct_and_fill_the_complement() -> None:
+    csr = random_csr(40, 30, 0.5, seed=6)
+    users = torch.arange(40)
+    deg = csr.row_lengths()
+    k = int(30 - deg.max())
+    neg = sample_negatives(csr, users, k, seed=2, replace=False)
+    for row in neg.tolist():
+        assert len(set(row)) == k
+    _assert_never_positive(csr, users, neg)
+    # Asking for the whole complement returns exactly the complement.
+    u = int(torch.argmax(deg))
+    full = sample_negatives(csr, torch.tensor([u]), 30 - int(deg[u]), seed=2, replace=False)
+    assert sorted(full[0].tolist()) == sorted(set(range(30)) - set(csr.row(u).tolist()))
+
+
+def test_weighted_without_replacement_is_distinct() -> None:
+    csr = random_csr(20, 25, 0.3, seed=8)
+    w = torch.rand(25) + 0.01
+    neg = sample_negatives(csr, torch.arange(20), 8, seed=1, replace=False, weights=w)
+    for row in neg.tolist():
+        assert len(set(row)) == 8
+    _assert_never_positive(csr, torch.arange(20), neg)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_same_output_for_any_thread_count_and_batch_split(threads) -> None:
+    csr = random_csr(500, 300, 0.05, seed=9)
+    users = torch.randint(0, 500, (5003,), generator=torch.Generator().manual_seed(0))
+    whole = sample_negatives(csr, users, 3, seed=42, num_threads=1)
+    assert torch.equal(sample_negatives(csr, users, 3, seed=42, num_threads=threads), whole)
+    parts = [sample_negatives(csr, users[a:b], 3, seed=42, row_offset=a, num_threads=threads)
+             for a, b in ((0, 1000), (1000, 1001), (1001, 5003))]
+    assert torch.equal(torch.cat(parts), whole)
+
+
+def test_different_seeds_differ_and_repeat_runs_agree() -> None:
+    csr = random_csr(50, 200, 0.05, seed=10)
+    users = torch.arange(50).repeat(20)
+    a = sample_negatives(csr, users, 2, seed=1)
+    assert torch.equal(a, sample_negatives(csr, users, 2, seed=1))
+    assert not torch.equal(a, sample_negatives(csr, users, 2, seed=2))
+
+
+@pytest.mark.parametrize("case", ["empty_batch", "zero_negatives", "empty_rows", "one_item"])
+def test_edge_cases(case) -> None:
+    if case == "empty_batch":
+        out = sample_negatives(random_csr(5, 5, 0.2), torch.empty(0, dtype=torch.int64), 3, seed=0)
+        assert out.shape == (0, 3)
+    elif case == "zero_negatives":
+        out = sample_negatives(random_csr(5, 5, 0.2), torch.arange(5), 0, seed=0)
+        assert out.shape == (5, 0)
+    elif case == "empty_rows":
+        csr = recfast.CSR(torch.zeros(4, dtype=torch.int64), torch.empty(0, dtype=torch.int32), (3, 6))
+        out = sample_negatives(csr, torch.tensor([0, 2]), 6, seed=0, replace=False)
+        assert sorted(out[0].tolist()) == list(range(6))
+    else:
+        csr = recfast.CSR(torch.tensor([0, 0, 1]), torch.tensor([0], dtype=torch.int32), (2, 1))
+        assert sample_negatives(csr, torch.tensor([0, 0]), 2, seed=0).tolist() == [[0, 0], [0, 0]]
+        with pytest.raises(ValueError, match="user 1 has no negative"):
+            sample_negatives(csr, torch.tensor([0, 1]), 1, seed=0)
+
+
+def test_user_with_every_item_is_named() -> None:
+    csr = recfast.CSR(torch.tensor([0, 2, 3]), torch.tensor([0, 1, 1], dtype=torch.int32), (2, 2))
+    with pytest.raises(ValueError, match="user 0 has no negative item left"):
+        sample_negatives(csr, torch.tensor([1, 0]), 1, seed=0)
+    with pytest.raises(ValueError, match="user 1 has 1 unseen items, fewer than num_negatives=2"):
+        sample_negatives(csr, torch.tensor([1]), 2, seed=0, replace=False)
+    with pytest.raises(ValueError, match="user 0 has no weighted mass"):
+        sample_negatives(csr, torch.tensor([0]), 1, seed=0, weights=torch.ones(2))
+    with pytest.raises(ValueError, match="user 1 has no weighted mass"):
+        sample_negatives(csr, torch.tensor([1]), 1, seed=0, weights=torch.tensor([0.0, 1.0]))
+
+
+def test_errors_name_the_argument() -> None:
+    csr = random_csr(5, 8, 0.3)
+    u = torch.arange(5)
+    with pytest.raises(TypeError, match="csr must be a recfast.CSR"):
+        sample_negatives(csr.to_scipy(), u, seed=0)
+    with pytest.raises(TypeError, match="users must be a int32 or int64 tensor, got float32"):
+        sample_negatives(csr, u.float(), seed=0)
+    with pytest.raises(ValueError, match="users must have 1 dimensions"):
+        sample_negatives(csr, u.view(5, 1), seed=0)
+    with pytest.raises(ValueError, match="users holds id 5, expected 0 <= id < 5"):
+        sample_negatives(csr, torch.tensor([5]), seed=0)
+    with pytest.raises(ValueError, match="users holds id -1"):
+        sample_negatives(csr, torch.tensor([-1]), seed=0)
+    with pytest.raises(ValueError, match="num_negatives must be a non-negative int"):
+        sample_negatives(csr, u, -1, seed=0)
+    with pytest.raises(TypeError, match="seed must be an int"):
+        sample_negatives(csr, u, seed=1.5)
+    with pytest.raises(ValueError, match="weights has 3 entries, expected n_items = 8"):
+        sample_negatives(csr, u, weights=torch.ones(3), seed=0)
+    with pytest.raises(ValueError, match="weights must be non-negative"):
+        sample_negatives(csr, u, weights=-torch.ones(8), seed=0)
+    with pytest.raises(ValueError, match="weights must be finite"):
+        sample_negatives(csr, u, weights=torch.full((8,), float("nan")), seed=0)
+    with pytest.raises(TypeError, match="weights must be a float32 or float64"):
+        sample_negatives(csr, u, weights=torch.ones(8, dtype=torch.int64), seed=0)
+    with pytest.raises(ValueError, match="row_offset must be a non-negative int"):
+        sample_negatives(csr, u, row_offset=-2, seed=0)
+
+
+def test_weighted_cache_follows_in_place_changes() -> None:
+    csr = random_csr(4, 10, 0.2, seed=1)
+    w = torch.ones(10)
+    sample_negatives(csr, torch.arange(4), 1, seed=0, weights=w)
+    w.zero_()
+    w[9] = 1.0
+    users = torch.tensor([u for u in range(4) if 9 not in csr.row(u).tolist()])
+    out = sample_negatives(csr, users, 5, seed=0, weights=w)
+    assert (out == 9).all()
+
+
+@settings(max_examples=40, deadline=None)
+@given(n_users=st.integers(1, 30), n_items=st.integers(1, 40), density=st.floats(0.0, 0.95),
+       k=st.integers(0, 6), seed=st.integers(0, 2**64 - 1), replace=st.booleans(), weighted=st.booleans(),
+       data_seed=st.integers(0, 1000))
+def test_property_exact_or_clear_error(n_users, n_items, density, k, seed, replace, weighted, data_seed) -> None:
+    csr = random_csr(n_users, n_items, density, seed=data_seed)
+    users = torch.randint(0, n_users, (17,), generator=torch.Generator().manual_seed(data_seed))
+    w = torch.rand(n_items, generator=torch.Generator().manual_seed(data_seed)) if weighted else None
+    try:
+        want = _sample_negatives_ref(csr, users, k, seed=seed, replace=replace, weights=w)
+    except ValueError as e:
+        with pytest.raises(ValueError, match=str(e).split(" has ")[0]):
+            sample_negatives(csr, users, k, seed=seed, replace=replace, weights=w)
+        return
+    got = sample_negatives(csr, users, k, seed=seed, replace=replace, weights=w)
+    assert torch.equal(got, want)
+    if k:
+        _assert_never_positive(csr, users, got)
+    if not replace:
+        assert all(len(set(r)) == k for r in got.tolist())
+
+
+@requires_cuda
+def test_cuda_equals_cpu_on_a_side_stream() -> None:
+    csr = random_csr(300, 500, 0.1, seed=12)
+    users = torch.randint(0, 300, (4096,))
+    w = torch.rand(500)
+    s = torch.cuda.Stream()
+    with torch.cuda.stream(s):
+        for replace, weights in ((True, None), (False, None), (True, w), (False, w)):
+            dev_w = None if weights is None else weights.cuda()
+            got = sample_negatives(csr.to("cuda"), users.cuda(), 7, seed=5, replace=replace, weights=dev_w)
+            want = sample_negatives(csr, users, 7, seed=5, replace=replace, weights=weights)
+            assert torch.equal(got.cpu(), want)
+    s.synchronize()
+
+
+@requires_cuda
+def test_cuda_user_without_negatives_raises() -> None:
+    csr = recfast.CSR(torch.tensor([0, 2, 3]), torch.tensor([0, 1, 1], dtype=torch.int32), (2, 2)).to("cuda")
+    with pytest.raises(ValueError, match="user 0 has no negative"):
+        sample_negatives(csr, torch.tensor([1, 0], device="cuda"), 1, seed=0)
