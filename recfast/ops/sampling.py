@@ -250,11 +250,15 @@ def _sample_negatives_reference(
             if not (mass > (0.0 if replace else 1e-12 * cum[n_items])):
                 _raise_no_negatives(csr, users, b, k, replace, weights)
             t = _rng_unit(bits[kk:kk + 1])[0] * mass
-            below = np.searchsorted(arr, np.arange(1, n_items + 1), side="left")
-            cmass = cum[1:] - (lg[below] - lg[0])
+            # Row items whose complement mass below them is <= t lie before the answer; shift t by
+            # their mass and find t's interval in the global CDF (the kernel's arithmetic).
+            j = int(np.count_nonzero(cum[arr] - (lg[:len(local)] - lg[0]) <= t))
+            ta = t + (lg[j] - lg[0])
             ok = (cum[1:] - cum[:-1] > 0) & ~np.isin(np.arange(n_items), arr)
-            cand = np.nonzero((cmass > t) & ok)[0]
-            x = int(cand[0]) if cand.size else int(np.nonzero(ok)[0][-1])
+            x = min(int(np.searchsorted(cum[1:], ta, side="right")), n_items - 1)
+            if not ok[x]:
+                after = np.nonzero(ok[x:])[0]
+                x = x + int(after[0]) if after.size else int(np.nonzero(ok[:x])[0][-1])
             out[b, kk] = x
             if not replace:
                 pos = int(np.searchsorted(arr, x))

@@ -54,26 +54,43 @@ RF_HD std::int64_t row_below(const I* row, std::int64_t deg, std::int64_t x) {
 template <typename I>
 RF_HD std::int64_t weighted_unseen(const double* cum, std::int64_t n_items, const I* row, const double* rowG,
                                    std::int64_t deg, double t) {
-  std::int64_t lo = 0, hi = n_items - 1;
-  while (lo < hi) {
-    const std::int64_t mid = lo + ((hi - lo) >> 1);
-    const double c = cum[mid + 1] - (rowG[row_below(row, deg, mid + 1)] - rowG[0]);
-    if (c > t) {
-      hi = mid;
-    } else {
-      lo = mid + 1;
-    }
+  // C(row[j]) = cum[row[j]] - (rowG[j] - rowG[0]) is the complement mass below row item j; it is
+  // non-decreasing in j, and the answer x lies after exactly j* = #{j : C(row[j]) <= t} row items.
+  // Shifting t by those items' mass turns the complement search into one search of the global
+  // CDF: cum[x] <= t + mass(j*) < cum[x + 1]. Two branchless searches, O(log deg + log n_items).
+  // Integer masks rather than conditionals: the comparisons are unpredictable.
+  std::int64_t lo = 0, n = deg;
+  while (n > 0) {
+    const std::int64_t half = n >> 1;
+    const std::int64_t mid = lo + half;
+    const std::int64_t right = -static_cast<std::int64_t>(cum[static_cast<std::int64_t>(row[mid])] - (rowG[mid] - rowG[0]) <= t);
+    lo += (mid + 1 - lo) & right;
+    n = (half & ~right) | ((n - half - 1) & right);
   }
-  // Rounding at a boundary can land on a row item or a zero-weight item: step forward to the next
-  // item outside the row with positive weight, else back to the previous one.
-  std::int64_t x = lo;
+  const double ta = t + (rowG[lo] - rowG[0]);
+  std::int64_t a = 0, m = n_items;
+  while (m > 0) {
+    const std::int64_t half = m >> 1;
+    const std::int64_t mid = a + half;
+    const std::int64_t right = -static_cast<std::int64_t>(cum[mid + 1] <= ta);
+    a += (mid + 1 - a) & right;
+    m = (half & ~right) | ((m - half - 1) & right);
+  }
+  // Exact arithmetic puts x after exactly `lo` row items, outside the row, with positive weight.
+  if (a < n_items && cum[a + 1] - cum[a] > 0.0 && (lo >= deg || static_cast<std::int64_t>(row[lo]) != a) &&
+      (lo == 0 || static_cast<std::int64_t>(row[lo - 1]) < a)) {
+    return a;
+  }
+  // Rounding at a boundary can land on a row item, a zero-weight item or past the end: step
+  // forward to the next item outside the row with positive weight, else back to the previous one.
+  std::int64_t x = a < n_items ? a : n_items - 1;
   std::int64_t p = row_below(row, deg, x);
   while (x < n_items && ((p < deg && static_cast<std::int64_t>(row[p]) == x) || !(cum[x + 1] - cum[x] > 0.0))) {
     if (p < deg && static_cast<std::int64_t>(row[p]) == x) ++p;
     ++x;
   }
   if (x >= n_items) {
-    x = lo;
+    x = n_items - 1;
     p = row_below(row, deg, x);
     while (x > 0 && ((p < deg && static_cast<std::int64_t>(row[p]) == x) || !(cum[x + 1] - cum[x] > 0.0))) {
       --x;
