@@ -28,3 +28,15 @@ def sample_negatives(
     num_negatives: int, seed: int, row_offset: int, replace: bool, cum: npt.NDArray[np.float64] | None,
     G: npt.NDArray[np.float64] | None, out: npt.NDArray[np.int64], num_threads: int,
 ) -> int: ...
+
+# --- topk ---
+def topk_merge(
+    scores: npt.NDArray[np.float32], tile_start: int, tile_len: int, rows: npt.NDArray[np.int64] | None,
+    ex_indptr: npt.NDArray[np.int64], ex_indices: npt.NDArray[Any], top_scores: npt.NDArray[np.float32],
+    top_ids: npt.NDArray[np.int64], num_threads: int,
+) -> None: ...
+def topk_finalize(top_scores: npt.NDArray[np.float32], top_ids: npt.NDArray[np.int64], num_threads: int) -> None: ...
+def topk_hits(
+    ids: npt.NDArray[np.int64], users: npt.NDArray[np.int64], indptr: npt.NDArray[np.int64],
+    indices: npt.NDArray[Any], out: npt.NDArray[np.uint8], num_threads: int,
+) -> None: ...
