@@ -40,3 +40,17 @@ def topk_hits(
     ids: npt.NDArray[np.int64], users: npt.NDArray[np.int64], indptr: npt.NDArray[np.int64],
     indices: npt.NDArray[Any], out: npt.NDArray[np.uint8], num_threads: int,
 ) -> None: ...
+
+# --- spmm ---
+def spmm(
+    indptr: npt.NDArray[np.int64], indices: npt.NDArray[Any], values: npt.NDArray[Any] | None,
+    dense: npt.NDArray[Any], out: npt.NDArray[Any], num_threads: int,
+) -> None: ...
+def lightgcn_propagate(
+    indptr: npt.NDArray[np.int64], indices: npt.NDArray[Any], values: npt.NDArray[Any] | None, emb: npt.NDArray[Any],
+    weights: list[float], out: npt.NDArray[Any], buf_a: npt.NDArray[Any], buf_b: npt.NDArray[Any], num_threads: int,
+) -> None: ...
+def normalized_adjacency(
+    indptr: npt.NDArray[np.int64], indices: npt.NDArray[Any], t_indptr: npt.NDArray[np.int64],
+    t_indices: npt.NDArray[Any], n_items: int, normalization: int, self_loops: bool,
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[Any], npt.NDArray[np.float32]]: ...
