@@ -54,3 +54,22 @@ def normalized_adjacency(
     indptr: npt.NDArray[np.int64], indices: npt.NDArray[Any], t_indptr: npt.NDArray[np.int64],
     t_indices: npt.NDArray[Any], n_items: int, normalization: int, self_loops: bool,
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[Any], npt.NDArray[np.float32]]: ...
+
+# --- bpr ---
+def bpr_forward(
+    user_emb: npt.NDArray[Any], item_emb: npt.NDArray[Any], item_bias: npt.NDArray[Any] | None,
+    users: npt.NDArray[np.int64], pos: npt.NDArray[np.int64], neg: npt.NDArray[np.int64], l2: float,
+    loss: npt.NDArray[Any], coef: npt.NDArray[Any], num_threads: int,
+) -> None: ...
+def bpr_backward(
+    user_emb: npt.NDArray[Any], item_emb: npt.NDArray[Any], users: npt.NDArray[np.int64], pos: npt.NDArray[np.int64],
+    neg: npt.NDArray[np.int64], coef: npt.NDArray[Any], scale: npt.NDArray[Any], l2: float,
+    urow: npt.NDArray[np.int64], prow: npt.NDArray[np.int64], nrow: npt.NDArray[np.int64], grad_user: npt.NDArray[Any],
+    grad_item: npt.NDArray[Any], grad_bias: npt.NDArray[Any] | None, num_threads: int,
+) -> None: ...
+def bpr_sgd_step(
+    user_emb: npt.NDArray[np.float32], item_emb: npt.NDArray[np.float32], item_bias: npt.NDArray[np.float32] | None,
+    indptr: npt.NDArray[np.int64], indices: npt.NDArray[Any], users: npt.NDArray[np.int64],
+    pos: npt.NDArray[np.int64], num_negatives: int, seed: int, row_offset: int, lr: float, l2: float,
+    num_threads: int,
+) -> tuple[float, int]: ...

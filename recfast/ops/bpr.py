@@ -1,3 +1,362 @@
-"""Placeholder: filled in by the bpr work."""
+"""Fused BPR: gather, score, stable log-sigmoid and backward in one pass over the embedding tables.
 
-__all__: list[str] = []
+For example b (user u, positive i, negatives j_1..j_K):
+
+    x_bk   = <U[u], V[i] - V[j_k]> + bias[i] - bias[j_k]
+    loss_b = (1/K) sum_k softplus(-x_bk) + l2/2 * (|U[u]|^2 + |V[i]|^2 + (1/K) sum_k |V[j_k]|^2)
+
+and ``reduction`` combines the loss_b: "mean" (LightGCN's penalty l2 * (...) / 2 / B), "sum", or
+"none" (a (B,) tensor). An empty batch gives 0 ("mean", "sum") with zero gradients.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .. import _C
+from .._backend import INDEX_DTYPES, check_range, check_tensor, cuda_module, np_view, stream_of
+from ..csr import CSR
+
+__all__ = ["bpr_loss", "bpr_sgd_step"]
+
+_REDUCTIONS = ("mean", "sum", "none")
+
+
+# ---------------------------------------------------------------------------------------------
+# Kernel calls
+# ---------------------------------------------------------------------------------------------
+
+def _forward(U, V, bias, users, pos, neg, l2):
+    B, K = neg.shape
+    loss = torch.empty(B, dtype=U.dtype, device=U.device)
+    coef = torch.empty(B, K, dtype=U.dtype, device=U.device)
+    if B == 0:
+        return loss, coef
+    if U.device.type == "cuda":
+        mod = cuda_module("bpr_loss")
+        if mod is None:
+            return _forward_reference(U, V, bias, users, pos, neg, l2)
+        with torch.cuda.device(U.device):
+            mod.bpr_forward(U.data_ptr(), V.data_ptr(), 0 if bias is None else bias.data_ptr(), U.shape[1],
+                            users.data_ptr(), pos.data_ptr(), neg.data_ptr(), B, K, float(l2), loss.data_ptr(),
+                            coef.data_ptr(), U.dtype == torch.float64, stream_of(loss))
+        return loss, coef
+    _C.bpr_forward(np_view(U), np_view(V), None if bias is None else np_view(bias), np_view(users), np_view(pos),
+                   np_view(neg), float(l2), np_view(loss), np_view(coef).reshape(-1), 0)
+    return loss, coef
+
+
+def _backward(U, V, users, pos, neg, coef, scale, l2, urow, prow, nrow, gU, gV, gbias):
+    B, K = neg.shape
+    if B == 0:
+        return
+    if U.device.type == "cuda":
+        mod = cuda_module("bpr_loss")
+        if mod is None:
+            _backward_reference(U, V, users, pos, neg, coef, scale, l2, urow, prow, nrow, gU, gV, gbias)
+            return
+        with torch.cuda.device(U.device):
+            mod.bpr_backward(U.data_ptr(), V.data_ptr(), U.shape[1], users.data_ptr(), pos.data_ptr(), neg.data_ptr(),
+                             B, K, coef.data_ptr(), scale.data_ptr(), float(l2), urow.data_ptr(), prow.data_ptr(),
+                             nrow.data_ptr(), gU.data_ptr(), gV.data_ptr(), 0 if gbias is None else gbias.data_ptr(),
+                             U.dtype == torch.float64, stream_of(gU))
+        return
+    _C.bpr_backward(np_view(U), np_view(V), np_view(users), np_view(pos), np_view(neg), np_view(coef).reshape(-1),
+                    np_view(scale),
+                    float(l2), np_view(urow), np_view(prow), np_view(nrow), np_view(gU), np_view(gV),
+                    None if gbias is None else np_view(gbias), 0)
+
+
+def _reduce(loss_b: torch.Tensor, reduction: str) -> torch.Tensor:
+    if reduction == "none":
+        return loss_b
+    if reduction == "sum":
+        return loss_b.sum()
+    return loss_b.mean() if loss_b.numel() else loss_b.sum()
+
+
+def _scale(grad: torch.Tensor, B: int, reduction: str, dtype, device) -> torch.Tensor:
+    if reduction == "none":
+        return grad.to(dtype).contiguous()
+    g = grad.to(dtype) / (B if reduction == "mean" and B else 1)
+    return g.expand(B).contiguous() if B else torch.empty(0, dtype=dtype, device=device)
+
+
+# ---------------------------------------------------------------------------------------------
+# Dense-gradient path: a custom op torch.compile can see.
+# ---------------------------------------------------------------------------------------------
+
+@torch.library.custom_op("recfast::bpr_loss", mutates_args=())
+def _bpr_op(user_emb: torch.Tensor, item_emb: torch.Tensor, item_bias: Optional[torch.Tensor], users: torch.Tensor,
+            pos: torch.Tensor, neg: torch.Tensor, l2: float, reduction: str) -> tuple[torch.Tensor, torch.Tensor]:
+    loss_b, coef = _forward(user_emb, item_emb, item_bias, users, pos, neg, l2)
+    return _reduce(loss_b, reduction), coef
+
+
+@_bpr_op.register_fake
+def _(user_emb, item_emb, item_bias, users, pos, neg, l2, reduction):
+    B, K = neg.shape
+    out = user_emb.new_empty(B) if reduction == "none" else user_emb.new_empty(())
+    return out, user_emb.new_empty(B, K)
+
+
+def _bpr_setup(ctx, inputs, output):
+    user_emb, item_emb, item_bias, users, pos, neg, l2, reduction = inputs
+    ctx.save_for_backward(user_emb, item_emb, users, pos, neg, output[1])
+    ctx.l2, ctx.reduction, ctx.has_bias = l2, reduction, item_bias is not None
+
+
+@torch.library.custom_op("recfast::bpr_loss_backward", mutates_args=())
+def _bpr_backward_op(user_emb: torch.Tensor, item_emb: torch.Tensor, users: torch.Tensor, pos: torch.Tensor,
+                     neg: torch.Tensor, coef: torch.Tensor, grad: torch.Tensor, l2: float, reduction: str,
+                     has_bias: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Dense gradients of the tables (and of the bias; empty without one)."""
+    U, V = user_emb, item_emb
+    B = users.numel()
+    scale = _scale(grad, B, reduction, U.dtype, U.device)
+    gU, gV = torch.zeros_like(U), torch.zeros_like(V)
+    gbias = torch.zeros(V.shape[0] if has_bias else 0, dtype=U.dtype, device=U.device)
+    _backward(U, V, users, pos, neg, coef, scale, l2, users, pos, neg.reshape(-1), gU, gV, gbias if has_bias else None)
+    return gU, gV, gbias
+
+
+@_bpr_backward_op.register_fake
+def _(user_emb, item_emb, users, pos, neg, coef, grad, l2, reduction, has_bias):
+    n = item_emb.shape[0] if has_bias else 0
+    return torch.empty_like(user_emb), torch.empty_like(item_emb), user_emb.new_empty(n)
+
+
+def _bpr_backward(ctx, grad_loss, _grad_coef):
+    U, V, users, pos, neg, coef = ctx.saved_tensors
+    gU, gV, gbias = _bpr_backward_op(U, V, users, pos, neg, coef, grad_loss, ctx.l2, ctx.reduction, ctx.has_bias)
+    return gU, gV, gbias if ctx.has_bias else None, None, None, None, None, None
+
+
+_bpr_op.register_autograd(_bpr_backward, setup_context=_bpr_setup)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sparse-gradient path: only the touched rows, as coalesced sparse COO gradients.
+# ---------------------------------------------------------------------------------------------
+
+class _BPRSparse(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, U, V, bias, users, pos, neg, l2, reduction):
+        loss_b, coef = _forward(U, V, bias, users, pos, neg, l2)
+        ctx.save_for_backward(U, V, bias if bias is not None else torch.empty(0), users, pos, neg, coef)
+        ctx.l2, ctx.reduction, ctx.has_bias = l2, reduction, bias is not None
+        return _reduce(loss_b, reduction)
+
+    @staticmethod
+    def backward(ctx, grad):
+        U, V, bias, users, pos, neg, coef = ctx.saved_tensors
+        B, K = neg.shape
+        scale = _scale(grad, B, ctx.reduction, U.dtype, U.device)
+        urows, urow = torch.unique(users, return_inverse=True)
+        irows, inv = torch.unique(torch.cat([pos, neg.reshape(-1)]), return_inverse=True)
+        gU = torch.zeros(urows.numel(), U.shape[1], dtype=U.dtype, device=U.device)
+        gV = torch.zeros(irows.numel(), V.shape[1], dtype=V.dtype, device=V.device)
+        gb = torch.zeros(irows.numel(), dtype=U.dtype, device=U.device) if ctx.has_bias else None
+        _backward(U, V, users, pos, neg, coef, scale, ctx.l2, urow.contiguous(), inv[:B].contiguous(),
+                  inv[B:].contiguous(), gU, gV, gb)
+
+        def sparse(rows, values, size):
+            return torch.sparse_coo_tensor(rows[None], values, size, is_coalesced=True, check_invariants=False)
+
+        return (sparse(urows, gU, U.shape), sparse(irows, gV, V.shape),
+                sparse(irows, gb, bias.shape) if ctx.has_bias else None, None, None, None, None, None)
+
+
+# ---------------------------------------------------------------------------------------------
+# Public ops
+# ---------------------------------------------------------------------------------------------
+
+def _check_ids(op: str, name: str, t: torch.Tensor, upper: int, device: torch.device) -> torch.Tensor:
+    check_tensor(op, name, t, dtypes=INDEX_DTYPES, device=device, contiguous=False)
+    check_range(op, name, t, upper)
+    return t.to(torch.int64).contiguous()
+
+
+def bpr_loss(
+    user_emb: torch.Tensor,
+    item_emb: torch.Tensor,
+    users: torch.Tensor,
+    pos_items: torch.Tensor,
+    neg_items: torch.Tensor,
+    *,
+    item_bias: torch.Tensor | None = None,
+    l2: float = 0.0,
+    reduction: str = "mean",
+    sparse_grad: bool = False,
+) -> torch.Tensor:
+    """The BPR loss of (user, positive, negatives) triples, fused forward and backward.
+
+    Parameters
+    ----------
+    user_emb : (n_users, d) float32 (float64 too, e.g. for gradcheck): a parameter or the output of
+        propagation.
+    item_emb : (n_items, d), same dtype and device.
+    users, pos_items : int (B,).
+    neg_items : int (B,) or (B, K); the loss averages over the K negatives.
+    item_bias : optional (n_items,).
+    l2 : penalty on the gathered rows (see the module docstring).
+    reduction : "mean", "sum" or "none".
+    sparse_grad : give the tables coalesced sparse COO gradients of the touched rows only (for
+        ``recfast.optim``'s row-sparse optimizers and ``torch.optim.SparseAdam``); the default gives
+        dense gradients through the ``recfast::bpr_loss`` custom op, which ``torch.compile`` sees.
+
+    Example
+    -------
+    >>> import torch, recfast
+    >>> u = torch.randn(4, 8, requires_grad=True); v = torch.randn(6, 8, requires_grad=True)
+    >>> loss = recfast.ops.bpr_loss(u, v, torch.tensor([0, 1]), torch.tensor([2, 3]), torch.tensor([4, 5]))
+    >>> loss.backward(); u.grad.shape
+    torch.Size([4, 8])
+    """
+    op = "bpr_loss"
+    floats = (torch.float32, torch.float64)
+    check_tensor(op, "user_emb", user_emb, dtypes=floats, ndim=2)
+    check_tensor(op, "item_emb", item_emb, dtypes=(user_emb.dtype,), ndim=2, device=user_emb.device)
+    if item_emb.shape[1] != user_emb.shape[1]:
+        raise ValueError(f"{op}: item_emb has dimension {item_emb.shape[1]}, user_emb {user_emb.shape[1]}")
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"{op}: reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+    if not isinstance(l2, (int, float)) or l2 < 0:
+        raise ValueError(f"{op}: l2 must be a non-negative number, got {l2!r}")
+    dev = user_emb.device
+    n_users, n_items = user_emb.shape[0], item_emb.shape[0]
+    users64 = _check_ids(op, "users", users, n_users, dev)
+    pos64 = _check_ids(op, "pos_items", pos_items, n_items, dev)
+    neg64 = _check_ids(op, "neg_items", neg_items, n_items, dev)
+    if users64.dim() != 1 or pos64.shape != users64.shape:
+        raise ValueError(f"{op}: users and pos_items must be (B,), got {tuple(users.shape)} and {tuple(pos_items.shape)}")
+    if neg64.dim() == 1:
+        neg64 = neg64.unsqueeze(1)
+    if neg64.dim() != 2 or neg64.shape[0] != users64.shape[0] or neg64.shape[1] == 0:
+        raise ValueError(f"{op}: neg_items must be (B,) or (B, K) with K >= 1 and B = {users64.numel()}, "
+                         f"got {tuple(neg_items.shape)}")
+    if item_bias is not None:
+        check_tensor(op, "item_bias", item_bias, dtypes=(user_emb.dtype,), ndim=1, device=dev)
+        if item_bias.numel() != n_items:
+            raise ValueError(f"{op}: item_bias has {item_bias.numel()} entries, expected n_items = {n_items}")
+    U, V = user_emb.contiguous(), item_emb.contiguous()
+    bias = None if item_bias is None else item_bias.contiguous()
+    if sparse_grad:
+        return _BPRSparse.apply(U, V, bias, users64, pos64, neg64.contiguous(), float(l2), reduction)
+    return _bpr_op(U, V, bias, users64, pos64, neg64.contiguous(), float(l2), reduction)[0]
+
+
+@torch.no_grad()
+def bpr_sgd_step(
+    user_emb: torch.Tensor,
+    item_emb: torch.Tensor,
+    csr: CSR,
+    users: torch.Tensor,
+    pos_items: torch.Tensor,
+    *,
+    lr: float,
+    l2: float = 0.0,
+    num_negatives: int = 1,
+    seed: int,
+    item_bias: torch.Tensor | None = None,
+    row_offset: int = 0,
+    num_threads: int | None = None,
+) -> float:
+    """One fused SGD step of BPR-MF on CPU float32 tables, updated in place; returns the mean loss.
+
+    Each example draws ``num_negatives`` exact negatives from ``csr`` (the draws of
+    ``sample_negatives(csr, users, num_negatives, seed=seed, row_offset=row_offset)``), scores them
+    and applies the gradient of the BPR loss (with the ``l2`` penalty of ``bpr_loss``) to its rows,
+    all in one kernel call. Across threads the updates are Hogwild, as in implicit: concurrent
+    updates of a shared row may interleave, so results are bit-reproducible with ``num_threads=1``.
+
+    Example
+    -------
+    >>> import torch, recfast
+    >>> csr = recfast.data.synthetic(50, 40, 500, seed=0).to_csr()
+    >>> u, v = torch.randn(50, 8) * 0.1, torch.randn(40, 8) * 0.1
+    >>> users = torch.repeat_interleave(torch.arange(50), csr.row_lengths())
+    >>> loss = recfast.ops.bpr_sgd_step(u, v, csr, users, csr.indices.long(), lr=0.05, seed=0)
+    >>> 0.6 < loss < 0.7
+    True
+    """
+    op = "bpr_sgd_step"
+    for name, t in (("user_emb", user_emb), ("item_emb", item_emb)):
+        check_tensor(op, name, t, dtypes=(torch.float32,), ndim=2)
+        if t.device.type != "cpu":
+            raise ValueError(f"{op}: {name} must be on the CPU (the fused step is a CPU kernel); on CUDA use "
+                             "bpr_loss(..., sparse_grad=True) with a recfast.optim optimizer")
+    if not isinstance(csr, CSR):
+        raise TypeError(f"{op}: csr must be a recfast.CSR, got {type(csr).__name__}")
+    if csr.shape != (user_emb.shape[0], item_emb.shape[0]):
+        raise ValueError(f"{op}: csr has shape {csr.shape}, expected (n_users, n_items) = "
+                         f"{(user_emb.shape[0], item_emb.shape[0])}")
+    if item_emb.shape[1] != user_emb.shape[1]:
+        raise ValueError(f"{op}: item_emb has dimension {item_emb.shape[1]}, user_emb {user_emb.shape[1]}")
+    if item_bias is not None:
+        check_tensor(op, "item_bias", item_bias, dtypes=(torch.float32,), ndim=1)
+        if item_bias.numel() != item_emb.shape[0]:
+            raise ValueError(f"{op}: item_bias has {item_bias.numel()} entries, expected {item_emb.shape[0]}")
+    if isinstance(num_negatives, bool) or not isinstance(num_negatives, int) or num_negatives < 1:
+        raise ValueError(f"{op}: num_negatives must be a positive int, got {num_negatives!r}")
+    u64 = _check_ids(op, "users", users, user_emb.shape[0], torch.device("cpu"))
+    p64 = _check_ids(op, "pos_items", pos_items, item_emb.shape[0], torch.device("cpu"))
+    if u64.dim() != 1 or p64.shape != u64.shape:
+        raise ValueError(f"{op}: users and pos_items must be (B,) of equal length")
+    c = csr.to("cpu")
+    loss, bad = _C.bpr_sgd_step(np_view(user_emb), np_view(item_emb), None if item_bias is None else np_view(item_bias),
+                                np_view(c.indptr), np_view(c.indices), np_view(u64), np_view(p64), int(num_negatives),
+                                int(seed) & ((1 << 64) - 1), int(row_offset), float(lr), float(l2),
+                                int(num_threads or 0))
+    if bad >= 0:
+        raise ValueError(f"{op}: user {int(u64[bad])} has no negative item left (it has all {csr.n_cols} items)")
+    return float(loss)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reference (plain torch) and the fallback for CUDA tensors without _C_cuda.
+# ---------------------------------------------------------------------------------------------
+
+def _bpr_loss_reference(user_emb, item_emb, users, pos_items, neg_items, *, item_bias=None, l2=0.0,
+                        reduction="mean") -> torch.Tensor:
+    """Embedding gather, mul-sum, logsigmoid, autograd."""
+    neg = neg_items if neg_items.dim() == 2 else neg_items.unsqueeze(1)
+    u = user_emb[users.long()]
+    i = item_emb[pos_items.long()]
+    j = item_emb[neg.long()]
+    x = (u * i).sum(-1, keepdim=True) - (u.unsqueeze(1) * j).sum(-1)
+    if item_bias is not None:
+        x = x + item_bias[pos_items.long()].unsqueeze(1) - item_bias[neg.long()]
+    loss_b = -torch.nn.functional.logsigmoid(x).mean(1)
+    if l2:
+        loss_b = loss_b + l2 / 2 * (u.pow(2).sum(-1) + i.pow(2).sum(-1) + j.pow(2).sum(-1).mean(1))
+    return _reduce(loss_b, reduction)
+
+
+def _forward_reference(U, V, bias, users, pos, neg, l2):
+    with torch.no_grad():
+        u, i, j = U[users], V[pos], V[neg]
+        x = (u * i).sum(-1, keepdim=True) - (u.unsqueeze(1) * j).sum(-1)
+        if bias is not None:
+            x = x + bias[pos].unsqueeze(1) - bias[neg]
+        loss = torch.nn.functional.softplus(-x).mean(1)
+        if l2:
+            loss = loss + l2 / 2 * (u.pow(2).sum(-1) + i.pow(2).sum(-1) + j.pow(2).sum(-1).mean(1))
+        return loss, -torch.sigmoid(-x)
+
+
+def _backward_reference(U, V, users, pos, neg, coef, scale, l2, urow, prow, nrow, gU, gV, gbias):
+    K = neg.shape[1]
+    c = coef * scale[:, None] / K
+    u, i, j = U[users], V[pos], V[neg]
+    gu = c.sum(1, keepdim=True) * i - (c.unsqueeze(-1) * j).sum(1) + l2 * scale[:, None] * u
+    gi = c.sum(1, keepdim=True) * u + l2 * scale[:, None] * i
+    gj = -c.unsqueeze(-1) * u.unsqueeze(1) + (l2 * scale[:, None, None] / K) * j
+    gU.index_add_(0, urow, gu)
+    gV.index_add_(0, prow, gi)
+    gV.index_add_(0, nrow, gj.reshape(-1, U.shape[1]))
+    if gbias is not None:
+        gbias.index_add_(0, prow, c.sum(1))
+        gbias.index_add_(0, nrow, -c.reshape(-1))

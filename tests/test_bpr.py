@@ -1,0 +1,207 @@
+"""bpr_loss and bpr_sgd_step against the plain torch reference."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import recfast
+from recfast.ops import bpr_loss, bpr_sgd_step, sample_negatives
+from recfast.ops.bpr import _bpr_loss_reference as _bpr_loss_ref
+from conftest import requires_cuda
+
+
+def _inputs(n_users=30, n_items=25, d=8, B=40, K=None, dtype=torch.float64, device="cpu", seed=0, idx=torch.int64):
+    g = torch.Generator().manual_seed(seed)
+    U = torch.randn(n_users, d, generator=g, dtype=dtype).to(device).requires_grad_()
+    V = torch.randn(n_items, d, generator=g, dtype=dtype).to(device).requires_grad_()
+    b = torch.randn(n_items, generator=g, dtype=dtype).to(device).requires_grad_()
+    u = torch.randint(0, n_users, (B,), generator=g).to(device, idx)
+    i = torch.randint(0, n_items, (B,), generator=g).to(device, idx)
+    j = torch.randint(0, n_items, (B,) if K is None else (B, K), generator=g).to(device, idx)
+    return U, V, b, u, i, j
+
+
+def _grads(loss, params, g=None):
+    g = torch.ones_like(loss) if g is None else g
+    return [x.to_dense() if x.is_sparse else x for x in torch.autograd.grad(loss, params, g)]
+
+
+@pytest.mark.parametrize("d", [1, 7, 32, 64, 130])
+@pytest.mark.parametrize("K", [None, 1, 4])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("sparse_grad", [False, True])
+def test_matches_reference(device, d, K, reduction, sparse_grad) -> None:
+    U, V, b, u, i, j = _inputs(d=d, K=K, device=device, dtype=torch.float32, idx=torch.int32 if d % 2 else torch.int64)
+    got = bpr_loss(U, V, u, i, j, item_bias=b, l2=0.01, reduction=reduction, sparse_grad=sparse_grad)
+    want = _bpr_loss_ref(U, V, u, i, j, item_bias=b, l2=0.01, reduction=reduction)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    g = torch.randn_like(got)
+    for a, w in zip(_grads(got, (U, V, b), g), _grads(want, (U, V, b), g)):
+        torch.testing.assert_close(a, w, rtol=1e-4, atol=1e-5)
+
+
+def test_repeated_rows_lose_no_updates() -> None:
+    U, V, b, _, _, _ = _inputs()
+    u = torch.zeros(500, dtype=torch.int64)
+    i = torch.ones(500, dtype=torch.int64)
+    j = torch.full((500, 2), 2, dtype=torch.int64)
+    for t in (1, 2, 3):
+        got = _grads(bpr_loss(U, V, u, i, j, item_bias=b, l2=0.5), (U, V, b))
+        want = _grads(_bpr_loss_ref(U, V, u, i, j, item_bias=b, l2=0.5), (U, V, b))
+        for a, w in zip(got, want):
+            torch.testing.assert_close(a, w)
+
+
+def test_gradients_identical_for_any_thread_count() -> None:
+    from recfast import _C
+
+    assert _C.max_threads() >= 1
+    U, V, b, u, i, j = _inputs(B=3000, n_users=50, n_items=40, d=16, K=3, dtype=torch.float32)
+    ref = _grads(bpr_loss(U, V, u, i, j, item_bias=b), (U, V, b))
+    torch.set_num_threads(1)
+    try:
+        again = _grads(bpr_loss(U, V, u, i, j, item_bias=b), (U, V, b))
+    finally:
+        torch.set_num_threads(2)
+    for a, w in zip(ref, again):
+        assert torch.equal(a, w)
+
+
+@pytest.mark.parametrize("x", [80.0, -80.0])
+def test_extreme_margins_are_exact_and_finite(x) -> None:
+    U = torch.tensor([[1.0]], dtype=torch.float32, requires_grad=True)
+    V = torch.tensor([[x], [0.0]], dtype=torch.float32, requires_grad=True)
+    loss = bpr_loss(U, V, torch.tensor([0]), torch.tensor([0]), torch.tensor([1]))
+    expected = torch.nn.functional.softplus(torch.tensor(-x, dtype=torch.float64)).float()
+    assert torch.isfinite(loss) and torch.equal(loss, expected)
+    loss.backward()
+    assert torch.isfinite(U.grad).all() and torch.isfinite(V.grad).all()
+    if x < 0:
+        # d/du softplus(-x) = -sigmoid(-x) * (v_i - v_j) = -1 * (-80)
+        assert loss.item() == 80.0 and U.grad.item() == pytest.approx(80.0)
+
+
+def test_empty_batch_is_zero_with_zero_grads() -> None:
+    U, V, b, *_ = _inputs()
+    e = torch.empty(0, dtype=torch.int64)
+    loss = bpr_loss(U, V, e, e, e)
+    assert loss.item() == 0.0
+    loss.backward()
+    assert (U.grad == 0).all()
+    assert bpr_loss(U, V, e, e, e, reduction="none").shape == (0,)
+
+
+def test_gradcheck_and_opcheck() -> None:
+    U, V, b, u, i, j = _inputs(n_users=6, n_items=5, d=3, B=7, K=2)
+    assert torch.autograd.gradcheck(lambda a, c, e: bpr_loss(a, c, u, i, j, item_bias=e, l2=0.3), (U, V, b))
+    torch.library.opcheck(torch.ops.recfast.bpr_loss.default,
+                          (U.detach().float().requires_grad_(), V.detach().float().requires_grad_(), None, u, i, j,
+                           0.1, "mean"))
+
+
+def test_works_inside_a_graph_and_under_compile() -> None:
+    """The tables may be the output of propagation (here a linear map), and torch.compile runs it."""
+    U, V, _, u, i, j = _inputs(dtype=torch.float32)
+    w = torch.randn(8, 8, requires_grad=True)
+
+    def f(w):
+        return bpr_loss(U @ w, V @ w, u, i, j)
+
+    (g_eager,) = torch.autograd.grad(f(w), w)
+    (g_ref,) = torch.autograd.grad(_bpr_loss_ref(U @ w, V @ w, u, i, j), w)
+    torch.testing.assert_close(g_eager, g_ref, rtol=1e-4, atol=1e-5)
+    try:
+        compiled = torch.compile(f, backend="eager")
+        torch.testing.assert_close(compiled(w), f(w))
+    except Exception as exc:  # pragma: no cover
+        pytest.skip(f"torch.compile unavailable: {exc}")
+
+
+def test_errors_name_the_argument() -> None:
+    U, V, b, u, i, j = _inputs(dtype=torch.float32)
+    with pytest.raises(ValueError, match="users holds id 30, expected 0 <= id < 30"):
+        bpr_loss(U, V, torch.full_like(u, 30), i, j)
+    with pytest.raises(ValueError, match="neg_items holds id -1"):
+        bpr_loss(U, V, u, i, torch.full_like(j, -1))
+    with pytest.raises(TypeError, match="item_emb must be a float32 tensor, got float64"):
+        bpr_loss(U, V.double(), u, i, j)
+    with pytest.raises(TypeError, match="users must be a int32 or int64 tensor"):
+        bpr_loss(U, V, u.float(), i, j)
+    with pytest.raises(ValueError, match="item_emb has dimension 4, user_emb 8"):
+        bpr_loss(U, torch.randn(25, 4), u, i, j)
+    with pytest.raises(ValueError, match="neg_items must be \\(B,\\) or \\(B, K\\)"):
+        bpr_loss(U, V, u, i, j[:5])
+    with pytest.raises(ValueError, match="reduction must be one of"):
+        bpr_loss(U, V, u, i, j, reduction="avg")
+    with pytest.raises(ValueError, match="item_bias has 3 entries"):
+        bpr_loss(U, V, u, i, j, item_bias=torch.zeros(3))
+    with pytest.raises(ValueError, match="l2 must be a non-negative number"):
+        bpr_loss(U, V, u, i, j, l2=-1.0)
+
+
+def test_sgd_step_equals_unfused_steps_with_the_same_negatives() -> None:
+    """With one thread the fused step applies the examples in order: each must equal an unfused
+    SGD step on the reference loss, with the negatives sample_negatives draws for that position."""
+    csr = recfast.data.synthetic(40, 60, 600, seed=1).to_csr()
+    g = torch.Generator().manual_seed(0)
+    U, V = torch.randn(40, 8, generator=g) * 0.1, torch.randn(60, 8, generator=g) * 0.1
+    users = torch.randint(0, 40, (50,), generator=g)
+    pos = torch.stack([csr.row(int(u))[0] for u in users]).long()
+    neg = sample_negatives(csr, users, 3, seed=11)
+    wantU, wantV, losses = U.clone(), V.clone(), []
+    for b in range(50):
+        Ut, Vt = wantU.clone().requires_grad_(), wantV.clone().requires_grad_()
+        loss = _bpr_loss_ref(Ut, Vt, users[b:b + 1], pos[b:b + 1], neg[b:b + 1], l2=0.01, reduction="sum")
+        gU, gV = torch.autograd.grad(loss, (Ut, Vt))
+        losses.append(_bpr_loss_ref(wantU, wantV, users[b:b + 1], pos[b:b + 1], neg[b:b + 1]).item())
+        wantU, wantV = wantU - 0.1 * gU, wantV - 0.1 * gV
+    U1, V1 = U.clone(), V.clone()
+    loss = bpr_sgd_step(U1, V1, csr, users, pos, lr=0.1, l2=0.01, num_negatives=3, seed=11, num_threads=1)
+    torch.testing.assert_close(U1, wantU, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(V1, wantV, rtol=1e-5, atol=1e-6)
+    assert loss == pytest.approx(sum(losses) / 50, rel=1e-5)
+
+
+def test_sgd_step_single_thread_is_reproducible_and_learns() -> None:
+    csr = recfast.data.synthetic(200, 150, 4000, seed=2).to_csr()
+    users = torch.repeat_interleave(torch.arange(200), csr.row_lengths())
+    pos = csr.indices.long()
+    runs = []
+    for _ in range(2):
+        U, V = torch.full((200, 16), 0.01), torch.linspace(-0.1, 0.1, 150 * 16).view(150, 16)
+        bias = torch.zeros(150)
+        losses = [bpr_sgd_step(U, V, csr, users, pos, lr=0.05, seed=e, item_bias=bias, num_threads=1)
+                  for e in range(15)]
+        runs.append((U, V, losses))
+    assert torch.equal(runs[0][0], runs[1][0]) and runs[0][2] == runs[1][2]
+    assert runs[0][2][-1] < runs[0][2][0] - 0.05
+
+
+def test_sgd_step_errors() -> None:
+    csr = recfast.CSR(torch.tensor([0, 2]), torch.tensor([0, 1], dtype=torch.int32), (1, 2))
+    U, V = torch.zeros(1, 4), torch.zeros(2, 4)
+    with pytest.raises(ValueError, match="user 0 has no negative item left"):
+        bpr_sgd_step(U, V, csr, torch.tensor([0]), torch.tensor([0]), lr=0.1, seed=0)
+    with pytest.raises(ValueError, match="csr has shape"):
+        bpr_sgd_step(U, torch.zeros(3, 4), csr, torch.tensor([0]), torch.tensor([0]), lr=0.1, seed=0)
+    with pytest.raises(TypeError, match="user_emb must be a float32"):
+        bpr_sgd_step(U.double(), V, csr, torch.tensor([0]), torch.tensor([0]), lr=0.1, seed=0)
+
+
+@requires_cuda
+def test_cuda_matches_cpu_on_a_side_stream() -> None:
+    U, V, b, u, i, j = _inputs(n_users=300, n_items=400, d=64, B=5000, K=3, dtype=torch.float32)
+    want = bpr_loss(U, V, u, i, j, item_bias=b, l2=0.01)
+    wg = _grads(want, (U, V, b))
+    s = torch.cuda.Stream()
+    with torch.cuda.stream(s):
+        Uc, Vc, bc = (x.detach().cuda().requires_grad_() for x in (U, V, b))
+        got = bpr_loss(Uc, Vc, u.cuda(), i.cuda(), j.cuda(), item_bias=bc, l2=0.01)
+        gg = _grads(got, (Uc, Vc, bc))
+        gs = _grads(bpr_loss(Uc, Vc, u.cuda(), i.cuda(), j.cuda(), item_bias=bc, sparse_grad=True), (Uc, Vc, bc))
+    s.synchronize()
+    torch.testing.assert_close(got.cpu(), want, rtol=1e-5, atol=1e-5)
+    for a, w in zip(gg, wg):
+        torch.testing.assert_close(a.cpu(), w, rtol=1e-4, atol=1e-5)
+    assert all(torch.isfinite(x).all() for x in gs)
