@@ -73,3 +73,10 @@ def bpr_sgd_step(
     pos: npt.NDArray[np.int64], num_negatives: int, seed: int, row_offset: int, lr: float, l2: float,
     num_threads: int,
 ) -> tuple[float, int]: ...
+
+# --- optim ---
+def sparse_opt_step(
+    kind: int, lr: float, weight_decay: float, beta1: float, beta2: float, eps: float, bias_correction1: float,
+    bias_correction2: float, param: npt.NDArray[Any], state1: npt.NDArray[Any] | None,
+    state2: npt.NDArray[Any] | None, rows: npt.NDArray[np.int64], grad: npt.NDArray[Any], num_threads: int,
+) -> None: ...
