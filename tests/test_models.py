@@ -76,7 +76,7 @@ def test_itemknn_learns_and_keeps_k_neighbours(split, pop_recall) -> None:
 
 def test_bprmf_fused_fast_path_learns(split, pop_recall) -> None:
     train, test = split
-    model = BPRMF(*train.shape, dim=32, seed=0)
+    model = BPRMF(*train.shape, dim=16, seed=0, item_bias=True, l2=0.05)
     hist = model.fit_sgd(train, epochs=30, lr=0.05, batch_size=1024, seed=0)
     assert hist[-1]["loss"] < hist[0]["loss"]
     assert _recall_at(model, train, test) > pop_recall + 0.02
@@ -84,9 +84,9 @@ def test_bprmf_fused_fast_path_learns(split, pop_recall) -> None:
 
 def test_bprmf_trained_through_loss_learns(split, pop_recall) -> None:
     train, test = split
-    model = BPRMF(*train.shape, dim=32, seed=0, item_bias=True)
+    model = BPRMF(*train.shape, dim=16, seed=0, item_bias=True, l2=0.05)
     model.prepare(train)
-    opt = recfast.optim.SparseAdam(model.sparse_parameters(), lr=0.01)
+    opt = recfast.optim.SparseAdam(model.sparse_parameters(), lr=0.02)
     loader = model.make_loader(train, 512, seed=0)
     losses = []
     for epoch in range(15):
@@ -96,7 +96,7 @@ def test_bprmf_trained_through_loss_learns(split, pop_recall) -> None:
             loss = model.loss(batch)
             loss.backward()
             opt.step()
-            losses.append(float(loss))
+            losses.append(loss.detach().item())
     assert np.mean(losses[-10:]) < np.mean(losses[:10])
     assert _recall_at(model, train, test) > pop_recall + 0.02
 
@@ -203,7 +203,7 @@ def test_custom_bpr_plugs_in_through_the_registry(split, pop_recall) -> None:
 
         def loss(self, batch):
             users, pos, neg = batch
-            return recfast.ops.bpr_loss(self.u.weight, self.i.weight, users, pos, neg)
+            return recfast.ops.bpr_loss(self.u.weight, self.i.weight, users, pos, neg, l2=0.05)
 
         def embeddings(self):
             return self.u.weight.detach(), self.i.weight.detach(), None
@@ -212,7 +212,7 @@ def test_custom_bpr_plugs_in_through_the_registry(split, pop_recall) -> None:
     model = recfast.build_model("TestMyBPR", {"dim": 16}, n_users=train.n_rows, n_items=train.n_cols)
     model.prepare(train)
     opt = torch.optim.Adam(model.parameters(), lr=0.02)
-    loader = model.make_loader(train, 512, seed=1)
+    loader = model.make_loader(train, 512, seed=0)
     for epoch in range(15):
         loader.set_epoch(epoch)
         for batch in loader:

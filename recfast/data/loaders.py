@@ -86,8 +86,20 @@ class _InteractionLoader:
         for start in range(0, stop, self.batch_size):
             yield self._lo + start, order[start:start + self.batch_size]
 
+    def negative_seed(self) -> int:
+        """The seed of this epoch's negatives: ``sample_negatives(csr, users, k, seed=negative_seed(),
+        row_offset=position)`` gives the negatives of the batch at ``position``."""
+        return _epoch_seed(self.seed, self.epoch, 1)
+
+    def positives(self) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+        """This epoch's (position, users, items) batches without negatives (for fused kernels that
+        draw their own, such as ``ops.bpr_sgd_step``); advances to the next epoch at the end."""
+        for position, idx in self._batches():
+            yield position, self._users[idx], self._items[idx]
+        self.epoch += 1
+
     def _negatives(self, users: torch.Tensor, position: int, k: int) -> torch.Tensor:
-        return sample_negatives(self.csr, users, k, seed=_epoch_seed(self.seed, self.epoch, 1), weights=self.weights,
+        return sample_negatives(self.csr, users, k, seed=self.negative_seed(), weights=self.weights,
                                 row_offset=position)
 
 

@@ -20,15 +20,20 @@ def synthetic(
     popularity_exponent: float = 0.8,
     activity_exponent: float = 0.5,
     min_user_interactions: int = 1,
+    n_communities: int | None = None,
+    affinity: float = 0.5,
     seed: int = 0,
 ) -> Interactions:
-    """Distinct (user, item) pairs with Zipf-like item popularity and user activity.
+    """Distinct (user, item) pairs with Zipf-like item popularity and user activity, and latent
+    communities that give models something to learn beyond popularity.
 
     Item ``i`` of popularity rank ``r`` is drawn with weight ``(r + 1) ** -popularity_exponent``,
     users likewise with ``activity_exponent``; ranks are assigned to ids by a seeded permutation,
-    so popular items are spread over the id space. Every user gets at least
-    ``min_user_interactions`` items (when the catalogue allows). Timestamps are seeded random
-    integers, so temporal splits work too.
+    so popular items are spread over the id space. Users and items each belong to one of
+    ``n_communities`` groups (default about sqrt(n_items) / 4); a share ``affinity`` of a user's
+    draws come from the items of the user's group (by popularity), the rest from all items.
+    Every user gets at least ``min_user_interactions`` items (when the catalogue allows).
+    Timestamps are seeded random integers, so temporal splits work too.
 
     Examples
     --------
@@ -50,6 +55,8 @@ def synthetic(
             f"synthetic: min_user_interactions={min_user_interactions} needs {min_per_user * n_users} interactions, "
             f"more than n_interactions={n_interactions}"
         )
+    if not 0.0 <= affinity <= 1.0:
+        raise ValueError(f"synthetic: affinity must be in [0, 1], got {affinity}")
     rng = np.random.default_rng(seed)
     item_w = (np.arange(1, n_items + 1, dtype=np.float64)) ** -float(popularity_exponent)
     item_w = item_w[rng.permutation(n_items)]
@@ -57,12 +64,31 @@ def synthetic(
     user_w = (np.arange(1, n_users + 1, dtype=np.float64)) ** -float(activity_exponent)
     user_w = user_w[rng.permutation(n_users)]
     user_w /= user_w.sum()
+    n_comm = max(1, int(n_communities if n_communities is not None else round(np.sqrt(n_items) / 4)))
+    item_comm = rng.integers(0, n_comm, n_items)
+    user_comm = rng.integers(0, n_comm, n_users)
+    # Items sorted by community, with the prefix of their weights: a draw inside community c is a
+    # uniform point in c's stretch of that prefix.
+    by_comm = np.argsort(item_comm, kind="stable")
+    cum = np.concatenate([[0.0], np.cumsum(item_w[by_comm])])
+    bounds = np.searchsorted(item_comm[by_comm], np.arange(n_comm + 1))
+
+    def draw_items(users: np.ndarray) -> np.ndarray:
+        items = rng.choice(n_items, size=users.size, p=item_w)
+        inside = rng.random(users.size) < affinity
+        c = user_comm[users[inside]]
+        lo, hi = cum[bounds[c]], cum[bounds[c + 1]]
+        t = lo + rng.random(c.size) * (hi - lo)
+        pos = np.clip(np.searchsorted(cum, t, side="right") - 1, bounds[c], np.maximum(bounds[c + 1] - 1, bounds[c]))
+        has_items = bounds[c + 1] > bounds[c]
+        items[np.nonzero(inside)[0][has_items]] = by_comm[pos[has_items]]
+        return items
 
     keys = np.empty(0, dtype=np.int64)
     if min_per_user > 0:
         # Guarantee activity: each user's first items, drawn by popularity.
         base_u = np.repeat(np.arange(n_users, dtype=np.int64), min_per_user)
-        base_i = rng.choice(n_items, size=base_u.size, p=item_w)
+        base_i = draw_items(base_u)
         keys = np.unique(base_u * n_items + base_i)
     dense = n_interactions > 0.5 * n_users * n_items
     while keys.size < n_interactions:
@@ -74,7 +100,7 @@ def synthetic(
             break
         m = int(need * 1.15) + 64
         u = rng.choice(n_users, size=m, p=user_w)
-        i = rng.choice(n_items, size=m, p=item_w)
+        i = draw_items(u)
         new = np.setdiff1d(np.unique(u.astype(np.int64) * n_items + i), keys, assume_unique=True)
         if new.size > need:
             new = rng.choice(new, size=need, replace=False)

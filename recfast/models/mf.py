@@ -87,20 +87,22 @@ class BPRMF(Recommender):
         from .. import data, ops
 
         self.prepare(train)
-        loader = data.PairwiseLoader(train, batch_size, 1, seed=seed, device=self.user_emb.device,
-                                     negatives=False)
+        if self.user_emb.device.type != "cpu":
+            raise ValueError("BPRMF.fit_sgd: the fused step runs on CPU tables; on CUDA train with recfast.Trainer")
+        loader = data.PairwiseLoader(train, batch_size, self.num_negatives, seed=seed)
         history = []
         for epoch in range(int(epochs)):
             loader.set_epoch(epoch)
+            neg_seed = loader.negative_seed()
             t0 = time.perf_counter()
             total, n = 0.0, 0
-            for b, (users, pos) in enumerate(loader):
-                step_seed = (int(seed) * 1_000_003 + epoch) * 1_000_003 + b
+            for position, users, pos in loader.positives():
+                # the loader's own negatives: same seed, same stream positions
                 loss = ops.bpr_sgd_step(self.user_emb.data, self.item_emb.data, train, users, pos, lr=lr, l2=self.l2,
-                                        num_negatives=self.num_negatives, seed=step_seed,
+                                        num_negatives=self.num_negatives, seed=neg_seed, row_offset=position,
                                         item_bias=None if self.item_bias is None else self.item_bias.data,
                                         num_threads=num_threads)
-                total += float(loss) * users.numel()
+                total += loss * users.numel()
                 n += users.numel()
             dt = time.perf_counter() - t0
             rec = {"epoch": epoch, "loss": total / max(n, 1), "samples_per_s": n / dt if dt > 0 else 0.0, "seconds": dt}
