@@ -10,8 +10,9 @@ __version__: str = _C.__version__
 
 from . import data, eval, graph, models, ops, optim  # noqa: E402
 from .registry import build_model, get_model, list_models, register_model  # noqa: E402
+from .trainers import Trainer  # noqa: E402
 
 __all__ = [
     "CSR", "build_info", "cuda_available", "data", "eval", "graph", "models", "ops", "optim",
-    "register_model", "get_model", "list_models", "build_model", "__version__",
+    "register_model", "get_model", "list_models", "build_model", "Trainer", "__version__",
 ]
