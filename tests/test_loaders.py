@@ -8,6 +8,7 @@ import torch
 
 import recfast
 from recfast.data import PairwiseLoader, PointwiseLoader
+from conftest import requires_cuda
 
 
 @pytest.fixture(scope="module")
@@ -131,3 +132,11 @@ def test_drops_into_a_hand_written_torch_loop(csr) -> None:
             opt.step()
             losses.append(loss.item())
     assert np.mean(losses[-10:]) < 0.8 * np.mean(losses[:10])
+
+
+@requires_cuda
+def test_cuda_loader_gives_the_cpu_epoch() -> None:
+    csr = recfast.data.synthetic(200, 120, 3000, seed=3).to_csr()
+    cpu = _epoch(PairwiseLoader(csr, 256, 2, seed=9))
+    gpu = _epoch(PairwiseLoader(csr, 256, 2, seed=9, device="cuda"))
+    assert all(g.device.type == "cuda" and torch.equal(g.cpu(), c) for g, c in zip(gpu, cpu))

@@ -38,18 +38,22 @@ class _InteractionLoader:
             raise ValueError(f"{name}: num_negatives must be a non-negative int, got {num_negatives!r}")
         if not isinstance(world_size, int) or world_size < 1 or not isinstance(rank, int) or not 0 <= rank < world_size:
             raise ValueError(f"{name}: need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
-        self.csr = csr.to("cpu")
+        self.device = torch.device(device)
+        # Everything an epoch touches lives on the loader's device: the CSR the negatives come
+        # from and the interactions' users and items; only the seeded permutation is made on the
+        # CPU (so the order is the same on every device) and moved once per epoch.
+        self.csr = csr.to(self.device)
         self.batch_size = batch_size
         self.num_negatives = num_negatives
         self.seed = int(seed)
         self.shuffle = bool(shuffle)
-        self.device = torch.device(device)
         self.drop_last = bool(drop_last)
         self.rank = rank
         self.world_size = world_size
-        self.weights = None if weights is None else weights.detach().cpu()
+        self.weights = None if weights is None else weights.detach().to(self.device)
         self.epoch = 0
-        self._users = torch.repeat_interleave(torch.arange(csr.n_rows, dtype=torch.int64), self.csr.row_lengths())
+        self._users = torch.repeat_interleave(torch.arange(csr.n_rows, dtype=torch.int64, device=self.device),
+                                              self.csr.row_lengths())
         self._items = self.csr.indices.to(torch.int64)
         nnz = self._users.numel()
         # Each rank takes a contiguous, equal-length share of the epoch's permutation (the last
@@ -75,9 +79,9 @@ class _InteractionLoader:
     def _order(self) -> torch.Tensor:
         n = self._users.numel()
         if not self.shuffle:
-            return torch.arange(n)
+            return torch.arange(n, device=self.device)
         g = torch.Generator().manual_seed(_epoch_seed(self.seed, self.epoch, 0))
-        return torch.randperm(n, generator=g)
+        return torch.randperm(n, generator=g).to(self.device)
 
     def _batches(self) -> Iterator[tuple[int, torch.Tensor]]:
         order = self._order()[self._lo:self._lo + self._share]
@@ -147,7 +151,7 @@ class PairwiseLoader(_InteractionLoader):
             neg = self._negatives(users, position, self.num_negatives)
             if self.num_negatives == 1:
                 neg = neg.squeeze(1)
-            yield users.to(self.device), pos.to(self.device), neg.to(self.device)
+            yield users, pos, neg
         self.epoch += 1
 
 
@@ -179,13 +183,13 @@ class PointwiseLoader(_InteractionLoader):
             users = self._users[idx]
             pos = self._items[idx]
             b = users.numel()
-            neg = self._negatives(users, position, k) if k else torch.empty(b, 0, dtype=torch.int64)
+            neg = self._negatives(users, position, k) if k else torch.empty(b, 0, dtype=torch.int64, device=self.device)
             all_users = torch.cat([users, users.repeat_interleave(k)])
             all_items = torch.cat([pos, neg.reshape(-1)])
-            labels = torch.cat([torch.ones(b), torch.zeros(b * k)])
+            labels = torch.cat([torch.ones(b, device=self.device), torch.zeros(b * k, device=self.device)])
             if self.shuffle:
                 g = torch.Generator().manual_seed(_epoch_seed(self.seed, self.epoch, 2 + position))
-                p = torch.randperm(all_users.numel(), generator=g)
+                p = torch.randperm(all_users.numel(), generator=g).to(self.device)
                 all_users, all_items, labels = all_users[p], all_items[p], labels[p]
-            yield all_users.to(self.device), all_items.to(self.device), labels.to(self.device)
+            yield all_users, all_items, labels
         self.epoch += 1

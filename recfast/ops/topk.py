@@ -174,9 +174,32 @@ def _topk_cpu(queries, keys, k, exclude, rows64, key_bias, block_size, tile_size
     return top_s, top_i
 
 
+_LOW = (1 << 31) - 1
+
+
+def _keys(s: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """int64 keys ordered like (score descending, id ascending): the float's order-preserving bits
+    above 31 bits of reversed id. NaN counts as -inf; -0.0 as +0.0 (they compare equal)."""
+    s = torch.nan_to_num(s, nan=float("-inf"), posinf=float("inf"), neginf=float("-inf")) + 0.0
+    b = s.view(torch.int32).to(torch.int64)
+    ordered = torch.where(b < 0, (~b) & 0xFFFFFFFF, b | 0x80000000)
+    return ordered * (1 << 31) + (_LOW - ids)
+
+
+def _decode(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    ordered = keys >> 31
+    bits = torch.where(ordered >= 0x80000000, ordered & 0x7FFFFFFF, (~ordered) & 0xFFFFFFFF)
+    scores = bits.to(torch.int32).view(torch.float32)
+    ids = _LOW - (keys & _LOW)
+    pad = (keys < 0) | (scores == float("-inf"))
+    return (torch.where(pad, torch.full_like(scores, float("-inf")), scores),
+            torch.where(pad, torch.full_like(ids, -1), ids))
+
+
 def _topk_cuda(op, queries, keys, k, exclude, rows64, key_bias, block_size, tile_size, scores=None):
-    """Tiles scored by cuBLAS; a CUDA kernel masks each tile (excluded items and NaN to -inf); a
-    stable sort merges it into the running top-k, so equal scores keep the lower id."""
+    """Tiles scored by cuBLAS; a CUDA kernel blanks each tile's excluded items; every (score, id) is
+    packed into one int64 key, so torch.topk over [running keys, tile keys] is exact and
+    deterministic, with equal scores going to the lower id."""
     device = (scores if scores is not None else queries).device
     n_rows = (scores if scores is not None else queries).shape[0]
     n_items = scores.shape[1] if scores is not None else keys.shape[0]
@@ -185,23 +208,22 @@ def _topk_cuda(op, queries, keys, k, exclude, rows64, key_bias, block_size, tile
     if n_rows == 0 or k == 0 or n_items == 0:
         return top_s, top_i
     mod = cuda_module(op) if exclude is not None else None
-    block = max(1, min(max(block_size, 2048), n_rows)) if scores is None else n_rows
-    tile = max(1, min(max(tile_size, 8192), n_items)) if scores is None else n_items
+    block = max(1, min(max(block_size, 2048), n_rows))
+    tile = max(1, min(max(tile_size, 32768), n_items))
     for b0 in range(0, n_rows, block):
         b1 = min(b0 + block, n_rows)
-        run_s, run_i = top_s[b0:b1], top_i[b0:b1]
+        run = torch.full((b1 - b0, k), -1, dtype=torch.int64, device=device)
         erows = None
         if exclude is not None:
             erows = rows64[b0:b1] if rows64 is not None else torch.arange(b0, b1, device=device)
         for t0 in range(0, n_items, tile):
             t1 = min(t0 + tile, n_items)
             if scores is not None:
-                s = scores[b0:b1, t0:t1].clone()
+                s = scores[b0:b1, t0:t1].contiguous().clone()
             else:
                 s = queries[b0:b1] @ keys[t0:t1].T
                 if key_bias is not None:
                     s += key_bias[t0:t1]
-            s = torch.nan_to_num_(s, nan=float("-inf"))
             if exclude is not None:
                 if mod is not None:
                     with torch.cuda.device(device):
@@ -210,17 +232,9 @@ def _topk_cuda(op, queries, keys, k, exclude, rows64, key_bias, block_size, tile
                                       exclude.indices.dtype == torch.int64, stream_of(s))
                 else:
                     _mask_reference(s, t0, exclude, erows)
-            ids = torch.arange(t0, t1, device=device).expand(b1 - b0, -1)
-            cat_s = torch.cat([run_s, s], dim=1)
-            cat_i = torch.cat([run_i, ids], dim=1)
-            # Running entries come first and have lower ids than the tile: a stable descending sort
-            # therefore orders equal scores by id.
-            srt, order = torch.sort(cat_s, dim=1, descending=True, stable=True)
-            run_s = srt[:, :k].contiguous()
-            run_i = cat_i.gather(1, order[:, :k])
-        run_i = torch.where(run_s == float("-inf"), torch.full_like(run_i, -1), run_i)
-        top_s[b0:b1] = run_s
-        top_i[b0:b1] = run_i
+            tile_keys = _keys(s, torch.arange(t0, t1, device=device))
+            run = torch.topk(torch.cat([run, tile_keys], dim=1), k, dim=1).values
+        top_s[b0:b1], top_i[b0:b1] = _decode(run)
     return top_s, top_i
 
 
@@ -239,7 +253,7 @@ def _topk_reference(queries: torch.Tensor | None, keys: torch.Tensor | None, k: 
         if key_bias is not None:
             scores = scores + key_bias.double()
     s = scores.double().clone().cpu()
-    s = torch.nan_to_num(s, nan=float("-inf"))
+    s = torch.nan_to_num(s, nan=float("-inf"), posinf=float("inf"), neginf=float("-inf"))
     if exclude is not None:
         r = rows if rows is not None else torch.arange(s.shape[0])
         s[exclude.to("cpu").dense_rows(r.cpu()) > 0] = float("-inf")
