@@ -2,7 +2,7 @@
 
 #include <algorithm>
 #include <atomic>
-#include <sstream>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -13,20 +13,17 @@ namespace recfast::cpu {
 template <typename I>
 std::string csr_check(const offset_t* indptr, std::int64_t n_rows, const I* indices, std::int64_t nnz,
                       std::int64_t n_cols) {
-  std::ostringstream msg;
-  if (indptr[0] != 0) {
-    msg << "indptr[0] must be 0, got " << indptr[0];
-    return msg.str();
-  }
+  // Messages are built with std::to_string, not iostreams: an iostream message crashed a
+  // Python whose other extensions loaded a different libstdc++ (seen on a GPU machine).
+  using std::to_string;
+  if (indptr[0] != 0) return "indptr[0] must be 0, got " + to_string(indptr[0]);
   if (indptr[n_rows] != nnz) {
-    msg << "indptr[-1] must equal the number of indices (" << nnz << "), got " << indptr[n_rows];
-    return msg.str();
+    return "indptr[-1] must equal the number of indices (" + to_string(nnz) + "), got " + to_string(indptr[n_rows]);
   }
   for (std::int64_t r = 0; r < n_rows; ++r) {
     if (indptr[r + 1] < indptr[r]) {
-      msg << "indptr must be non-decreasing, but indptr[" << r + 1 << "] = " << indptr[r + 1] << " < indptr[" << r
-          << "] = " << indptr[r];
-      return msg.str();
+      return "indptr must be non-decreasing, but indptr[" + to_string(r + 1) + "] = " + to_string(indptr[r + 1]) +
+             " < indptr[" + to_string(r) + "] = " + to_string(indptr[r]);
     }
   }
   // Rows are independent; the first bad row (lowest id) is reported so the message is deterministic.
@@ -49,13 +46,12 @@ std::string csr_check(const offset_t* indptr, std::int64_t n_rows, const I* indi
   for (offset_t p = indptr[r]; p < indptr[r + 1]; ++p) {
     const std::int64_t c = indices[p];
     if (c < 0 || c >= n_cols) {
-      msg << "indices out of range: row " << r << " has column " << c << ", expected 0 <= column < " << n_cols;
-      return msg.str();
+      return "indices out of range: row " + to_string(r) + " has column " + to_string(c) +
+             ", expected 0 <= column < " + to_string(n_cols);
     }
     if (p > indptr[r] && c <= static_cast<std::int64_t>(indices[p - 1])) {
-      msg << "indices must be sorted and unique within each row: row " << r << " has column " << c << " after "
-          << static_cast<std::int64_t>(indices[p - 1]);
-      return msg.str();
+      return "indices must be sorted and unique within each row: row " + to_string(r) + " has column " +
+             to_string(c) + " after " + to_string(static_cast<std::int64_t>(indices[p - 1]));
     }
   }
   return {};

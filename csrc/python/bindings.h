@@ -9,7 +9,6 @@
 #include <pybind11/stl.h>
 
 #include <cstdint>
-#include <sstream>
 #include <stdexcept>
 #include <string>
 
@@ -30,9 +29,8 @@ inline void require(bool ok, const std::string& msg) {
 template <typename T>
 void require_size(const carray<T>& a, std::int64_t expected, const char* op, const char* name) {
   if (a.ndim() != 1 || a.size() != expected) {
-    std::ostringstream s;
-    s << op << ": " << name << " has " << a.size() << " entries, expected " << expected;
-    fail(s.str());
+    fail(std::string(op) + ": " + name + " has " + std::to_string(a.size()) + " entries, expected " +
+         std::to_string(expected));
   }
 }
 

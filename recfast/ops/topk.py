@@ -196,6 +196,23 @@ def _decode(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             torch.where(pad, torch.full_like(ids, -1), ids))
 
 
+def _tile_candidates(s: torch.Tensor, k: int, t0: int) -> torch.Tensor:
+    """Keys of each row's k best (score, id) pairs in a tile. torch.topk on the float scores finds
+    them fast, but among scores equal to the k-th it may pick any ids; only the rows where such a
+    tie is cut (rare with real scores) are ranked again by the exact int64 keys."""
+    s = torch.nan_to_num_(s, nan=float("-inf"), posinf=float("inf"), neginf=float("-inf"))
+    kk = min(k, s.shape[1])
+    vals, idx = torch.topk(s, kk, dim=1)
+    keys = _keys(vals, idx + t0)
+    thr = vals[:, -1:]
+    cut = ((s == thr).sum(1) > (vals == thr).sum(1)) & (thr.squeeze(1) != float("-inf"))
+    if bool(cut.any()):
+        rows = torch.nonzero(cut).squeeze(1)
+        exact = _keys(s[rows], torch.arange(t0, t0 + s.shape[1], device=s.device))
+        keys[rows] = torch.topk(exact, kk, dim=1).values
+    return keys
+
+
 def _topk_cuda(op, queries, keys, k, exclude, rows64, key_bias, block_size, tile_size, scores=None):
     """Tiles scored by cuBLAS; a CUDA kernel blanks each tile's excluded items; every (score, id) is
     packed into one int64 key, so torch.topk over [running keys, tile keys] is exact and
@@ -232,8 +249,7 @@ def _topk_cuda(op, queries, keys, k, exclude, rows64, key_bias, block_size, tile
                                       exclude.indices.dtype == torch.int64, stream_of(s))
                 else:
                     _mask_reference(s, t0, exclude, erows)
-            tile_keys = _keys(s, torch.arange(t0, t1, device=device))
-            run = torch.topk(torch.cat([run, tile_keys], dim=1), k, dim=1).values
+            run = torch.topk(torch.cat([run, _tile_candidates(s, k, t0)], dim=1), k, dim=1).values
         top_s[b0:b1], top_i[b0:b1] = _decode(run)
     return top_s, top_i
 
