@@ -12,6 +12,7 @@ on the delimiter only: quoting is not interpreted (read quoted CSV with pandas a
 
 from __future__ import annotations
 
+import errno
 import gzip
 import os
 from itertools import chain
@@ -49,9 +50,7 @@ def _check_file(path: PathLike, fn: str) -> Path:
     if p.is_dir():
         raise IsADirectoryError(f"{fn}: {p} is a directory, expected a file")
     if not p.is_file():
-        err = FileNotFoundError(f"{fn}: file not found: {p}")
-        err.filename = str(p)
-        raise err
+        raise FileNotFoundError(errno.ENOENT, f"{fn}: file not found", str(p))
     return p
 
 
@@ -61,8 +60,9 @@ def _open(p: Path, encoding: str) -> IO[str]:
     return open(p, encoding=encoding, newline=None)
 
 
-def _line_chunks(f: IO[str], chunk_chars: int = _CHUNK_CHARS) -> Iterator[tuple[int, list[str]]]:
+def _line_chunks(f: IO[str]) -> Iterator[tuple[int, list[str]]]:
     """Yields ``(lines before this chunk, lines)``; lines carry no newline characters."""
+    chunk_chars = _CHUNK_CHARS  # read at call time (tests shrink it to exercise chunking)
     base = 0
     first = True
     while True:
@@ -625,9 +625,7 @@ def load_split_dataset(
         raise TypeError(f"{fn}: folder must be a str or os.PathLike, got {type(folder).__name__}")
     d = Path(folder)
     if not d.exists():
-        err = FileNotFoundError(f"{fn}: folder not found: {d}")
-        err.filename = str(d)
-        raise err
+        raise FileNotFoundError(errno.ENOENT, f"{fn}: folder not found", str(d))
     if not d.is_dir():
         raise NotADirectoryError(f"{fn}: {d} is not a folder")
     files = list(files)
