@@ -66,7 +66,9 @@ def _id_array(x: Any, what: str) -> np.ndarray:
     return np.ascontiguousarray(a, dtype=np.int64)
 
 
-def _factorize(values: Any, order: str = "first", *, what: str = "ids", fn: str = "Interactions.from_ids") -> tuple[np.ndarray, np.ndarray]:
+def _factorize(
+    values: Any, order: str = "first", *, what: str = "ids", fn: str = "Interactions.from_ids"
+) -> tuple[np.ndarray, np.ndarray]:
     """Map arbitrary hashable ids to contiguous codes ``0..n_unique-1``.
 
     Returns ``(uniques, codes)`` with ``uniques[codes] == values``. ``order="first"`` numbers ids in
@@ -533,6 +535,13 @@ class Interactions:
         n = len(self)
         if n == 0:
             return self._take(np.zeros(0, dtype=np.intp))
+        if self.n_users <= 4 * n + (1 << 20):
+            try:  # O(n) counting sort in C++: the common case, no repeated pair, skips the full sort
+                CSR.from_coo(torch.from_numpy(self.users), torch.from_numpy(self.items), shape=self.shape,
+                             duplicates="error")
+                return self._take(np.arange(n, dtype=np.intp))
+            except ValueError:
+                pass
         order = self._pair_order()
         u, i = self.users[order], self.items[order]
         last = np.ones(n, dtype=bool)

@@ -252,7 +252,8 @@ def _read_columns_once(
                 continue
             toks: list[list[str]] = []
             if sep is not None:
-                counts = np.fromiter(map(count_sep, rows), dtype=np.int64, count=len(rows)) + 1  # type: ignore[arg-type]
+                counts = np.fromiter(map(count_sep, rows), dtype=np.int64, count=len(rows)) + 1  # type: ignore
+
                 bad = counts != n_fields
                 if n_fields == 1:
                     bad |= np.fromiter((not r.strip() for r in rows), dtype=bool, count=len(rows))
