@@ -137,9 +137,11 @@ def test_load_csv_empty_files(tmp_path):
 
 
 @pytest.mark.usefixtures("small_chunks")
-def test_load_csv_across_chunks(tmp_path):
+@pytest.mark.parametrize("newline", ["\n", "\r\n"])
+def test_load_csv_across_chunks(tmp_path, newline):
     rows = [(f"{u}", f"{i}", f"{u * i % 5}") for u in range(12) for i in range(3)]
-    f = _write(tmp_path / "r.csv", "user_id,item_id,rating\n" + "".join(",".join(r) + "\n" for r in rows))
+    f = _write(tmp_path / "r.csv", "user_id,item_id,rating\n" + "".join(",".join(r) + "\n" for r in rows),
+               newline=newline)
     x = load_csv(f, rating_col=2)
     assert len(x) == 36 and x.user_ids.tolist() == list(range(12)) and x.user_ids.dtype == np.int64
     assert x.ratings.tolist() == [float(r[2]) for r in rows]
