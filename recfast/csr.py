@@ -23,7 +23,10 @@ def _as_tensor(x: Any, name: str) -> torch.Tensor:
     if isinstance(x, torch.Tensor):
         return x
     if isinstance(x, (np.ndarray, list, tuple, range)):
-        return torch.as_tensor(np.asarray(x))
+        a = np.asarray(x)
+        if a.size == 0 and not isinstance(x, np.ndarray):
+            a = a.astype(np.int64)  # np.asarray([]) is float64
+        return torch.as_tensor(a)
     raise TypeError(f"CSR: {name} must be a tensor or array, got {type(x).__name__}")
 
 
@@ -107,6 +110,9 @@ class CSR:
         set_(self, "_transpose", None)
 
     def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("CSR is immutable; build a new one")
+
+    def __delattr__(self, name: str) -> None:
         raise AttributeError("CSR is immutable; build a new one")
 
     # -- properties ---------------------------------------------------------------------------
@@ -224,7 +230,12 @@ class CSR:
                 raise ValueError(f"CSR.from_coo: values has {v.numel()} entries, expected {r.numel()}")
         if shape is None:
             shape = (int(r.max()) + 1 if r.numel() else 0, int(c.max()) + 1 if c.numel() else 0)
+        if not (isinstance(shape, (tuple, list)) and len(shape) == 2
+                and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in shape)):
+            raise ValueError(f"CSR.from_coo: shape must be a pair of ints (n_rows, n_cols), got {shape!r}")
         n_rows, n_cols = int(shape[0]), int(shape[1])
+        if n_rows < 0 or n_cols < 0:
+            raise ValueError(f"CSR.from_coo: shape must be non-negative, got {(n_rows, n_cols)}")
         for name, t, upper in (("rows", r, n_rows), ("cols", c, n_cols)):
             if t.numel():
                 lo, hi = int(t.min()), int(t.max())
@@ -281,7 +292,10 @@ class CSR:
             t = self.to("cpu").transpose()
             return t.to(self.device)
         v = None if self.values is None else np_view(self.values)
-        indptr, indices, vals = _C.csr_transpose(np_view(self.indptr), np_view(self.indices), v, self.n_cols)
+        src = self.indices
+        if src.dtype == torch.int32 and self.n_rows > _INT32_MAX:
+            src = src.to(torch.int64)  # the transpose's column ids are this matrix's row ids
+        indptr, indices, vals = _C.csr_transpose(np_view(self.indptr), np_view(src), v, self.n_cols)
         vals_t = torch.from_numpy(vals) if vals is not None else None
         out = CSR(torch.from_numpy(indptr), torch.from_numpy(indices), (self.n_cols, self.n_rows), vals_t, check=False)
         object.__setattr__(out, "_transpose", self)

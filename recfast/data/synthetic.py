@@ -85,11 +85,26 @@ def synthetic(
         return items
 
     keys = np.empty(0, dtype=np.int64)
-    if min_per_user > 0:
-        # Guarantee activity: each user's first items, drawn by popularity.
-        base_u = np.repeat(np.arange(n_users, dtype=np.int64), min_per_user)
-        base_i = draw_items(base_u)
-        keys = np.unique(base_u * n_items + base_i)
+    need = np.full(n_users, min_per_user, dtype=np.int64)
+    rounds = 0
+    while need.any():
+        # Guarantee activity: each user's first items, drawn like the rest; a user whose draws
+        # collided draws again for the missing ones.
+        base_u = np.repeat(np.arange(n_users, dtype=np.int64), need)
+        if rounds < 20:
+            base_i = draw_items(base_u)
+        else:  # rare (min_user_interactions close to n_items): uniform over each user's unseen items
+            have = np.zeros((np.count_nonzero(need), n_items), dtype=bool)
+            rows = np.flatnonzero(need)
+            row_of = np.full(n_users, -1, dtype=np.int64)
+            row_of[rows] = np.arange(rows.size)
+            mine = row_of[keys // n_items] >= 0
+            have[row_of[keys[mine] // n_items], keys[mine] % n_items] = True
+            base_i = np.concatenate([rng.choice(np.flatnonzero(~have[k]), size=need[u], replace=False)
+                                     for k, u in enumerate(rows)])
+        keys = np.union1d(keys, base_u * n_items + base_i)
+        need = np.maximum(min_per_user - np.bincount(keys // n_items, minlength=n_users), 0)
+        rounds += 1
     dense = n_interactions > 0.5 * n_users * n_items
     while keys.size < n_interactions:
         need = n_interactions - keys.size
