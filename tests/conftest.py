@@ -8,8 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, settings
 
 import recfast
+
+# Tests check correctness, never speed: on a loaded 2-core machine Hypothesis's timing checks
+# (deadlines, slow-generation health checks) would fail tests for being slow.
+settings.register_profile("recfast", deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.load_profile("recfast")
 
 DATA_DIR = Path(os.environ.get("RECFAST_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
 
