@@ -411,6 +411,10 @@ def test_ncf_rejects_bad_params_and_batches() -> None:
         ncf.GMF(3, 3).loss((torch.tensor([0]), torch.tensor([1])))
     with pytest.raises(ValueError, match="one shape"):
         ncf.GMF(3, 3).loss((torch.tensor([0]), torch.tensor([1, 2]), torch.tensor([1.0])))
+    m = ncf.GMF(3, 4)
+    flat = m.loss((torch.tensor([0, 0, 2, 2]), torch.tensor([1, 3, 0, 2]), torch.tensor([1.0, 0.0, 1.0, 0.0])))
+    per_user = m.loss((torch.tensor([0, 2]), torch.tensor([[1, 3], [0, 2]]), torch.tensor([[1.0, 0.0], [1.0, 0.0]])))
+    torch.testing.assert_close(flat, per_user)  # users (B,) broadcast over items (B, 1 + k)
     assert ncf.GMF.batch_kind == ncf.MLP.batch_kind == ncf.NeuMF.batch_kind == "pointwise"
     assert ncf.NeuMF(3, 3).num_negatives == 4
 
@@ -520,7 +524,10 @@ def test_index_loader_epochs_resume_and_shards() -> None:
     parts = [torch.cat([x[0] for x in s]) for s in shards]
     assert {p.numel() for p in parts} == {8} and {len(s) for s in shards} == {2}
     assert set(torch.cat(parts).tolist()) == set(range(23))
+    tiny = [torch.cat([x[0] for x in _Positions(2, 4, seed=1, rank=r, world_size=5)]) for r in range(5)]
+    assert [t.numel() for t in tiny] == [1] * 5 and set(torch.cat(tiny).tolist()) == {0, 1}
     assert torch.cat([x[0] for x in _Positions(7, 3, seed=0, shuffle=False)]).tolist() == list(range(7))
+    assert len(_Positions(0, 3, seed=0)) == 0 and list(_Positions(0, 3, seed=0)) == []
     with pytest.raises(ValueError, match="rank"):
         _Positions(5, 2, seed=0, rank=2, world_size=2)
     with pytest.raises(ValueError, match="batch_size"):
@@ -692,3 +699,30 @@ def test_ngcf_embeddings_are_cached_until_weights_change(data: dict[str, Any]) -
     assert u2 is not u1 and not torch.equal(u1, u2)
     m.on_epoch_end()
     assert m.embeddings()[0] is not u2
+
+
+# -- CUDA (runs where a GPU is visible) -----------------------------------------------------------------
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.parametrize("case", list(CASES))
+def test_cuda_scores_match_cpu_and_training_runs(case: str, data: dict[str, Any]) -> None:
+    _need(*CASES[case][3])
+    torch.manual_seed(0)
+    cpu = _build(case, data)
+    torch.manual_seed(0)
+    gpu = _build(case, data).cuda()
+    cpu.eval()
+    gpu.eval()
+    users = torch.arange(0, N_USERS, 3)
+    torch.testing.assert_close(gpu.score_users(users).cpu(), cpu.score_users(users), rtol=1e-4, atol=1e-4)
+    gpu.train()
+    if gpu.batch_kind in ("rows", "ratings"):
+        train = data["train_ratings"] if case == "BiasedMF" else data["train"]
+        loader = gpu.make_loader(train, 64, seed=0, device="cuda")
+        batches = list(_take(loader, 5))
+        assert all(t.is_cuda for b in batches for t in b)
+    else:
+        batches = [tuple(t.cuda() for t in b) for b in _take(CASES[case][1](gpu, data), 5)]
+    losses = _train(gpu, batches, CASES[case][2])
+    assert len(losses) == 5 and np.isfinite(losses).all()
+    assert all(p.is_cuda for p in gpu.parameters())

@@ -92,8 +92,8 @@ class IndexBatchLoader:
             perm = torch.arange(self.n, dtype=torch.int64)
         if self.world_size > 1 and self.n:
             total = self.per_rank * self.world_size
-            if total > self.n:
-                perm = torch.cat([perm, perm[: total - self.n]])
+            if total > self.n:  # pad by wrapping around (several times when n < world_size)
+                perm = perm.repeat(-(-total // self.n))[:total]
             perm = perm[self.rank::self.world_size]
         return perm
 

@@ -166,7 +166,7 @@ class MultVAE(_RowModel):
             nn.init.xavier_uniform_(lin.weight)
             nn.init.normal_(lin.bias, std=0.001)
         self.register_buffer("anneal_step", torch.zeros((), dtype=torch.int64))
-        self.last_kl = 0.0
+        self.last_kl: torch.Tensor | None = None  # the KL term of the last loss call (detached)
         self.last_beta = 0.0
 
     def encode(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -207,7 +207,7 @@ class MultVAE(_RowModel):
         beta = self.beta()
         if self.training:
             self.anneal_step += 1
-        self.last_kl, self.last_beta = float(kl.detach()), beta
+        self.last_kl, self.last_beta = kl.detach(), beta
         return nll + beta * kl
 
 

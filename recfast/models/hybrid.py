@@ -101,7 +101,8 @@ class HybridMF(Recommender):
         if not isinstance(batch, (tuple, list)) or len(batch) != 3:
             raise ValueError(f"HybridMF.loss: expected a pairwise batch (users, pos_items, neg_items), got "
                              f"{type(batch).__name__}")
-        users, pos, neg = batch
+        dev = self.user_emb.device
+        users, pos, neg = (t.to(dev) for t in batch)
         v, b = self.item_vectors()
         return ops.bpr_loss(self.user_emb, v, users, pos, neg, item_bias=b, l2=self.params["l2"], reduction="mean")
 

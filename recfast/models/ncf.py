@@ -55,6 +55,8 @@ def _pointwise_batch(name: str, batch: tuple[torch.Tensor, ...]) -> tuple[torch.
         raise ValueError(f"{name}.loss: expected a pointwise batch (users, items, labels), got {type(batch).__name__}"
                          f"{'' if not isinstance(batch, (tuple, list)) else f' of length {len(batch)}'}")
     users, items, labels = batch
+    if users.dim() == items.dim() - 1 and users.shape == items.shape[:-1]:  # users (B,), items (B, 1 + k)
+        users = users.unsqueeze(-1).expand_as(items)
     if users.shape != items.shape or labels.shape != users.shape:
         raise ValueError(f"{name}.loss: users, items and labels must have one shape, got "
                          f"{tuple(users.shape)}, {tuple(items.shape)}, {tuple(labels.shape)}")
@@ -117,7 +119,8 @@ class _NCFBase(Recommender):
     def loss(self, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
         """Binary cross-entropy with logits over the batch's positives and sampled negatives."""
         users, items, labels = _pointwise_batch(type(self).__name__, batch)
-        return F.binary_cross_entropy_with_logits(self(users, items), labels)
+        dev = self.out.weight.device
+        return F.binary_cross_entropy_with_logits(self(users.to(dev), items.to(dev)), labels.to(dev))
 
     def _block_rows(self, width: int) -> int:
         return max(1, _BLOCK_FLOATS // max(1, self.n_items * width))

@@ -114,7 +114,7 @@ class NGCF(Recommender):
 
         if not isinstance(batch, (tuple, list)) or len(batch) != 3:
             raise ValueError(f"NGCF.loss: expected a pairwise batch (users, pos_items, neg_items), got {type(batch).__name__}")
-        users, pos, neg = batch
+        users, pos, neg = (t.to(self.ego.device) for t in batch)
         self._cache = None
         adj = self._adjacency_on(self.ego.device)
         q = self.params["node_dropout"]
@@ -125,10 +125,9 @@ class NGCF(Recommender):
         loss = ops.bpr_loss(u, v, users, pos, neg, reduction="mean")
         l2 = self.params["l2"]
         if l2 > 0:
-            dev = self.ego.device
-            eu = self.ego[users.to(dev, torch.int64)]
+            eu = self.ego[users.long()]
             items = self.ego[self.n_users:]
-            ep, en = items[pos.to(dev, torch.int64)], items[neg.to(dev, torch.int64)]
+            ep, en = items[pos.long()], items[neg.long()]
             reg = (eu.pow(2).sum() + ep.pow(2).sum() + en.pow(2).sum()) / 2
             loss = loss + l2 * reg / max(1, users.numel())
         return loss
