@@ -126,7 +126,7 @@ def csr_on(module: Any, csr: CSR, device: torch.device | str) -> CSR:
     return cache[key]
 
 
-def rows_coo(csr: CSR, users: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def rows_coo(csr: CSR, users: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """The stored entries of rows ``users``: (batch row of each entry, column, value or None).
 
     Pure torch gathers (no Python loop over users); ``csr`` and ``users`` share a device.
