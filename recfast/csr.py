@@ -149,26 +149,33 @@ class CSR:
             raise IndexError(f"CSR.row: row {i} out of range for {self.n_rows} rows")
         return self.indices[int(self.indptr[i]) : int(self.indptr[i + 1])]
 
+    def rows_coo(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The stored entries of rows ``rows``: (position in ``rows`` of each entry, column, value or
+        None), gathered with tensor ops on this matrix's device (no Python loop over rows)."""
+        rows = torch.as_tensor(rows, dtype=torch.int64, device=self.device)
+        if rows.dim() != 1:
+            raise ValueError(f"CSR.rows_coo: rows must be 1-D, got shape {tuple(rows.shape)}")
+        if rows.numel() and (int(rows.min()) < 0 or int(rows.max()) >= self.n_rows):
+            raise ValueError(f"CSR.rows_coo: rows must be in [0, {self.n_rows}), got {int(rows.min())}..{int(rows.max())}")
+        starts = self.indptr[rows]
+        lens = self.indptr[rows + 1] - starts
+        total = int(lens.sum()) if rows.numel() else 0
+        which = torch.repeat_interleave(torch.arange(rows.numel(), device=self.device), lens, output_size=total)
+        first = torch.cumsum(lens, 0) - lens
+        pos = torch.arange(total, device=self.device) + torch.repeat_interleave(starts - first, lens, output_size=total)
+        cols = self.indices[pos].to(torch.int64)
+        return which, cols, None if self.values is None else self.values[pos]
+
     def dense_rows(self, rows: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """Rows ``rows`` as a dense (len(rows), n_cols) tensor on this matrix's device (binary
         matrices give 1.0 at stored entries). For blocks of users, never the whole matrix."""
-        rows = torch.as_tensor(rows, dtype=torch.int64, device=self.device)
-        if rows.dim() != 1:
-            raise ValueError(f"CSR.dense_rows: rows must be 1-D, got shape {tuple(rows.shape)}")
-        if rows.numel() and (int(rows.min()) < 0 or int(rows.max()) >= self.n_rows):
-            raise ValueError(f"CSR.dense_rows: rows must be in [0, {self.n_rows}), got {int(rows.min())}..{int(rows.max())}")
-        starts = self.indptr[rows]
-        lens = self.indptr[rows + 1] - starts
-        out = torch.zeros(rows.numel(), self.n_cols, dtype=dtype, device=self.device)
-        total = int(lens.sum()) if rows.numel() else 0
-        if total == 0:
-            return out
-        which = torch.repeat_interleave(torch.arange(rows.numel(), device=self.device), lens)
-        first = torch.cumsum(lens, 0) - lens
-        pos = torch.arange(total, device=self.device) - torch.repeat_interleave(first - starts, lens)
-        cols = self.indices[pos].to(torch.int64)
-        vals = self.values[pos].to(dtype) if self.values is not None else torch.ones(total, dtype=dtype, device=self.device)
-        out[which, cols] = vals
+        try:
+            which, cols, vals = self.rows_coo(rows)
+        except ValueError as e:
+            raise ValueError(str(e).replace("rows_coo", "dense_rows")) from None
+        out = torch.zeros(torch.as_tensor(rows).numel(), self.n_cols, dtype=dtype, device=self.device)
+        if cols.numel():
+            out[which, cols] = vals.to(dtype) if vals is not None else torch.ones((), dtype=dtype, device=self.device)
         return out
 
     # -- constructors -------------------------------------------------------------------------

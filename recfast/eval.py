@@ -291,11 +291,8 @@ class Evaluator:
 
         known = _union([self.excluded, self.test], self.train.shape)
         test = self.test
-        pair_users = torch.repeat_interleave(users, test.row_lengths()[users])
-        starts = test.indptr[users]
-        offs = torch.arange(pair_users.numel()) - torch.repeat_interleave(
-            torch.cumsum(test.row_lengths()[users], 0) - test.row_lengths()[users], test.row_lengths()[users])
-        pair_items = test.indices.to(torch.int64)[torch.repeat_interleave(starts, test.row_lengths()[users]) + offs]
+        which, pair_items, _ = test.rows_coo(users)
+        pair_users = users[which]
         names = [f"{m}@{k}" for m in self.metrics if m != "mrr" for k in self.ks]
         names += ["mrr"] if "mrr" in self.metrics else []
         sums = {m: 0.0 for m in names}

@@ -57,35 +57,28 @@ void topk_merge(const float* scores, std::int64_t n_rows, std::int64_t ld, std::
       deg = ex_indptr[q + 1] - ex_indptr[q];
     }
     float thr = hs[0];
+    // An item enters only by beating the row's current worst (NaN never passes `>`, and -inf
+    // never beats the initial -inf: neither is ever selected).
+    auto consider = [&](std::int64_t t) {
+      const float v = s[t];
+      if (!(v > thr)) return;
+      const std::int64_t item = tile_start + t;
+      if (deg && excluded(ex, deg, item)) return;
+      hs[0] = v;
+      hi[0] = item;
+      sift_down(hs, hi, k, 0);
+      thr = hs[0];
+    };
     std::int64_t j = 0;
-    // Most chunks hold nothing better than the row's current worst: skip them with one vector max.
-    // (NaN never passes `>`, and -inf never beats the initial -inf: neither is ever selected.)
+    // Most chunks hold nothing better than the current worst: skip them with one vector max.
     for (; j + chunk <= tile_len; j += chunk) {
       float m = s[j];
 #pragma omp simd reduction(max : m)
       for (std::int64_t t = 0; t < chunk; ++t) m = std::max(m, s[j + t]);
       if (!(m > thr)) continue;
-      for (std::int64_t t = j; t < j + chunk; ++t) {
-        const float v = s[t];
-        if (!(v > thr)) continue;
-        const std::int64_t item = tile_start + t;
-        if (deg && excluded(ex, deg, item)) continue;
-        hs[0] = v;
-        hi[0] = item;
-        sift_down(hs, hi, k, 0);
-        thr = hs[0];
-      }
+      for (std::int64_t t = j; t < j + chunk; ++t) consider(t);
     }
-    for (; j < tile_len; ++j) {
-      const float v = s[j];
-      if (!(v > thr)) continue;
-      const std::int64_t item = tile_start + j;
-      if (deg && excluded(ex, deg, item)) continue;
-      hs[0] = v;
-      hi[0] = item;
-      sift_down(hs, hi, k, 0);
-      thr = hs[0];
-    }
+    for (; j < tile_len; ++j) consider(j);
   }
 }
 

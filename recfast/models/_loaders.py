@@ -127,34 +127,14 @@ def csr_on(module: Any, csr: CSR, device: torch.device | str) -> CSR:
 
 
 def rows_coo(csr: CSR, users: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """The stored entries of rows ``users``: (batch row of each entry, column, value or None).
-
-    Pure torch gathers (no Python loop over users); ``csr`` and ``users`` share a device.
-    """
-    users = users.to(torch.int64)
-    starts = csr.indptr[users]
-    lens = csr.indptr[users + 1] - starts
-    total = int(lens.sum()) if lens.numel() else 0
-    dev = users.device
-    row = torch.repeat_interleave(torch.arange(users.numel(), device=dev), lens, output_size=total)
-    first = torch.cumsum(lens, 0) - lens
-    pos = torch.arange(total, device=dev) - torch.repeat_interleave(first, lens, output_size=total) \
-        + torch.repeat_interleave(starts, lens, output_size=total)
-    cols = csr.indices[pos].to(torch.int64)
-    vals = csr.values[pos] if csr.values is not None else None
-    return row, cols, vals
+    """The stored entries of rows ``users``: (batch row of each entry, column, value or None)."""
+    return csr.rows_coo(users)
 
 
 def dense_rows(csr: CSR, users: torch.Tensor, *, binary: bool = True, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Rows ``users`` of ``csr`` as a dense (len(users), n_cols) tensor (1 for each stored entry
     when ``binary``, else the stored values)."""
-    row, cols, vals = rows_coo(csr, users)
-    out = torch.zeros(users.numel(), csr.n_cols, dtype=dtype, device=users.device)
-    if binary or vals is None:
-        out[row, cols] = 1
-    else:
-        out[row, cols] = vals.to(dtype)
-    return out
+    return (csr.with_values(None) if binary else csr).dense_rows(users, dtype)
 
 
 def derive_seed(seed: int, *counters: int) -> int:
