@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from . import _C
+try:
+    from . import _C
+except ImportError as _e:  # pragma: no cover - depends on how recfast was imported
+    raise ImportError(
+        f"recfast's compiled module recfast._C was not found next to {__file__}. If this is a source "
+        "checkout, Python is importing it instead of the installed package: run from another folder "
+        "after `pip install .`, or build it in place with tools/build_inplace.sh."
+    ) from _e
 from ._backend import build_info, cuda_available
 from .csr import CSR
 

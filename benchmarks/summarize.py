@@ -1,0 +1,29 @@
+"""Print the benchmark records in benchmarks/results/*.json as a markdown table (for the README).
+
+  python benchmarks/summarize.py [results/*.json ...]
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+KEYS = ("dataset", "graph", "d", "batch", "k", "layers")
+
+
+def main(argv: list[str]) -> None:
+    files = [Path(a) for a in argv] or sorted(RESULTS.glob("*.json"))
+    print("| device | op | case | recfast ms | baseline | baseline ms | speedup |")
+    print("|---|---|---|---:|---|---:|---:|")
+    for f in files:
+        for r in json.loads(f.read_text()):
+            dev = r["env"].get("gpu", "CPU, %s threads" % r["env"].get("threads", "?"))
+            case = " ".join(f"{k}={r['params'][k]}" for k in KEYS if k in r["params"])
+            print(f"| {dev} | {r['op']} | {case} | {r['recfast_ms']:.3g} | {r['baseline']} | {r['baseline_ms']:.3g} | "
+                  f"{r['speedup']:.2f}x |")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
