@@ -122,8 +122,8 @@ def check_range(op: str, name: str, t: torch.Tensor, upper: int) -> None:
     """Raise ValueError unless every entry of integer tensor ``t`` lies in [0, upper)."""
     if t.numel() == 0:
         return
-    lo = int(t.min())
-    hi = int(t.max())
+    lo_t, hi_t = torch.aminmax(t)  # one pass over the ids
+    lo, hi = int(lo_t), int(hi_t)
     if lo < 0 or hi >= upper:
         bad = lo if lo < 0 else hi
         raise ValueError(f"{op}: {name} holds id {bad}, expected 0 <= id < {upper}")
