@@ -514,8 +514,8 @@ def _run_script(tmp: Path, name: str, *, sparse: bool, resume: bool, ckpt: Path,
     return proc, out
 
 
-@pytest.mark.parametrize("sparse", [False, True])
-def test_sigkill_mid_epoch_then_resume_is_bitwise_identical(tmp_path, sparse) -> None:
+def test_sigkill_mid_epoch_then_resume_is_bitwise_identical(tmp_path) -> None:
+    sparse = True  # row-sparse tables (row-sparse Adam) and a dense bias (torch Adam)
     _, ref_out = _run_script(tmp_path, "ref", sparse=sparse, resume=False, ckpt=tmp_path / "ref_ckpt")
     ckpt = tmp_path / "ckpt"
     marker = tmp_path / "marker"
