@@ -150,6 +150,8 @@ class Trainer:
     seed : every epoch is a function of (seed, epoch): torch's RNG is re-seeded at each epoch start
         and the loader's ``set_epoch`` selects the epoch's order and negatives.
     device : ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
+    callbacks : functions ``f(trainer, record)`` called on every rank after each epoch (after its
+        checkpoint and log record), e.g. to print progress; ``trainer.is_main`` tells rank 0.
 
     Example
     -------
@@ -189,6 +191,7 @@ class Trainer:
         progress: bool = True,
         seed: int = 0,
         device: str | torch.device = "auto",
+        callbacks: Sequence[Callable[["Trainer", dict[str, Any]], Any]] | None = None,
     ) -> None:
         if not isinstance(model, Recommender):
             raise TypeError(f"Trainer: model must be a recfast Recommender, got {type(model).__name__}")
@@ -253,6 +256,9 @@ class Trainer:
         self.log_dir = Path(log_dir) if log_dir is not None else None
         self.progress = bool(progress)
         self._device_arg = device
+        self.callbacks = list(callbacks or [])
+        if not all(callable(c) for c in self.callbacks):
+            raise TypeError("Trainer: callbacks must be callables f(trainer, record)")
         rank, world, local = rdist.env_world()
         self.rank, self.world_size, self.local_rank = rank, world, local
         self.device = _resolve_device(device, local, world)
@@ -412,6 +418,8 @@ class Trainer:
                 if self.checkpoint_path is not None and ((epoch + 1) % self.checkpoint_every == 0 or last):
                     self._save_checkpoint(epoch)
                 self._log(rec)
+                for cb in self.callbacks:
+                    cb(self, rec)
                 if stop:
                     self.stopped_early = True
                     break
@@ -430,6 +438,8 @@ class Trainer:
             self.history = [rec]
             self.best_epoch, self.best_metrics = 0, dict(metrics)
             self._log(rec)
+            for cb in self.callbacks:
+                cb(self, rec)
             return self.history
         finally:
             self._close_logs()
