@@ -185,7 +185,8 @@ def test_config_with_a_custom_model(tmp_path, capsys, stand_ins) -> None:
     (["recommend", "/no/such/run", "--users", "1"], "no such run folder or model file"),
     (["bench", "--bench-dir", "/no/such/dir"], "--bench-dir: no such folder /no/such/dir"),
 ])
-def test_errors_exit_2_with_one_line(argv, message, capsys, stand_ins) -> None:
+def test_errors_exit_2_with_one_line(argv, message, capsys, stand_ins, tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)  # a run that gets as far as its output folder writes it here
     assert main(argv) == 2
     captured = capsys.readouterr()
     err = captured.err.strip()

@@ -696,3 +696,17 @@ def test_trainer_errors(splits) -> None:
 
     with pytest.raises(TypeError, match="has no set_epoch"):
         make_trainer(splits, NoEpoch(60, 40)).fit()
+
+
+def test_rating_models_get_the_ratings_and_fit_twice_starts_over(splits) -> None:
+    class RatingToy(ToyMF):
+        batch_kind = "ratings"
+
+    x = recfast.data.Interactions([0, 1, 2, 3], [1, 2, 3, 0], n_users=60, n_items=40, ratings=[5.0, 3.0, 4.0, 1.0])
+    tr = Trainer(RatingToy(60, 40), x, epochs=1, batch_size=2, progress=False, device="cpu")
+    assert tr.train.values is not None and sorted(tr.train.values.tolist()) == [1.0, 3.0, 4.0, 5.0]
+    assert Trainer(ToyMF(60, 40), x, epochs=1, progress=False, device="cpu").train.values is None
+    tr = make_trainer(splits, epochs=2)
+    first = [h["loss"] for h in tr.fit()]
+    second = tr.fit()
+    assert [h["epoch"] for h in second] == [0, 1] and [h["loss"] for h in second] != first  # continues from the weights

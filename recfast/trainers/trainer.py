@@ -61,10 +61,12 @@ def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
     return (int(seed) * 1_000_003 + int(epoch) * 7_919 + int(rank) * 104_729 + 0x5EED) % (2**63 - 1)
 
 
-def _as_csr(x: Any, name: str) -> CSR | None:
+def _as_csr(x: Any, name: str, *, ratings: bool = False) -> CSR | None:
     if x is None or isinstance(x, CSR):
         return x
     if hasattr(x, "to_csr"):
+        if ratings and getattr(x, "ratings", None) is not None:
+            return x.to_csr(values="ratings")
         return x.to_csr()
     raise TypeError(f"Trainer: {name} must be a recfast.CSR or recfast.data.Interactions, got {type(x).__name__}")
 
@@ -114,8 +116,9 @@ class Trainer:
     Parameters
     ----------
     model : a ``recfast.models.Recommender``.
-    train, valid : users x items ``recfast.CSR`` (or ``recfast.data.Interactions``; ``.to_csr()`` is
-        called). ``valid`` may be None (no validation metrics).
+    train, valid : users x items ``recfast.CSR`` (or ``recfast.data.Interactions``: ``.to_csr()`` is
+        called, with ``values="ratings"`` for the training matrix of a ``batch_kind = "ratings"``
+        model). ``valid`` may be None (no validation metrics).
     epochs, batch_size : training length and batch size (per process in multi-process runs).
     optimizer : ``"adam"``, ``"adamw"``, ``"sgd"``, ``"adagrad"``, ``"rmsprop"``, ``"sparse_adam"``,
         ``"sparse_sgd"``, ``"sparse_adagrad"``, or a callable ``f(params, lr=, weight_decay=, **kw)``
@@ -196,7 +199,8 @@ class Trainer:
         if not isinstance(model, Recommender):
             raise TypeError(f"Trainer: model must be a recfast Recommender, got {type(model).__name__}")
         self.model = model
-        self.train = _as_csr(train, "train")
+        # Rating models (batch_kind "ratings") train on the ratings; the others on a binary matrix.
+        self.train = _as_csr(train, "train", ratings=getattr(model, "batch_kind", "") == "ratings")
         self.valid = _as_csr(valid, "valid")
         if self.train is None:
             raise TypeError("Trainer: train must be a recfast.CSR or recfast.data.Interactions, got None")
@@ -379,8 +383,9 @@ class Trainer:
             ignore = [f"model.{n}" for n, p in model.named_parameters() if id(p) in sparse_ids or not p.requires_grad]
             ignore += [f"model.{n}" for n, _ in model.named_buffers()]
             DDP._set_params_and_buffers_to_ignore_for_model(wrapper, ignore)
-            self._ddp = DDP(wrapper, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                            broadcast_buffers=False)
+            # Buffers are ignored too (model state such as caches is per rank and derived from the
+            # synchronised weights), so DDP neither broadcasts nor checks them.
+            self._ddp = DDP(wrapper, device_ids=[self.device.index] if self.device.type == "cuda" else None)
             self._forward = self._ddp
 
     # -- fitting ----------------------------------------------------------------------------------
@@ -584,6 +589,8 @@ class Trainer:
         """Load ``last.pt`` when resuming; returns the first epoch to run."""
         path = self.checkpoint_path
         self._finished = False
+        self.history, self.best_epoch, self.best_value, self.best_metrics = [], None, None, {}
+        self._bad_evals, self._best_state, self.stopped_early = 0, None, False
         if not self.resume or path is None or not path.exists():
             return 0
         state = torch.load(path, map_location="cpu", weights_only=False)
