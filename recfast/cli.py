@@ -407,13 +407,17 @@ def _cmd_bench(args: argparse.Namespace) -> int:
                 failed.append(f"{s.name} (unreadable JSON: {e})")
     print()
     if records:
-        print(f"{'op':<20}{'baseline':<30}{'params':<44}{'recfast ms':>12}{'baseline ms':>13}{'speedup':>10}")
+        rows = []
         for r in records:
-            params = " ".join(f"{k}={v}" for k, v in (r.get("params") or {}).items())
             sp = r.get("speedup")
-            print(f"{str(r.get('op')):<20}{str(r.get('baseline')):<30}{params[:43]:<44}"
-                  f"{r.get('recfast_ms', float('nan')):>12.3f}{r.get('baseline_ms', float('nan')):>13.3f}"
-                  f"{(f'{sp:.2f}x' if isinstance(sp, (int, float)) else '-'):>10}")
+            rows.append([str(r.get("op")), str(r.get("baseline")),
+                         " ".join(f"{k}={v}" for k, v in (r.get("params") or {}).items()),
+                         f"{r.get('recfast_ms', float('nan')):.3f}", f"{r.get('baseline_ms', float('nan')):.3f}",
+                         f"{sp:.2f}x" if isinstance(sp, (int, float)) else "-"])
+        heads = ["op", "baseline", "params", "recfast ms", "baseline ms", "speedup"]
+        widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(heads)]
+        for row in [heads, *rows]:
+            print("  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"quick": not args.full, "device": args.device, "failed": failed, "results": records},
                               indent=2) + "\n")

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import csv
-import io
 import json
 import os
 import subprocess
@@ -13,7 +12,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 import recfast

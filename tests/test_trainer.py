@@ -710,3 +710,28 @@ def test_rating_models_get_the_ratings_and_fit_twice_starts_over(splits) -> None
     first = [h["loss"] for h in tr.fit()]
     second = tr.fit()
     assert [h["epoch"] for h in second] == [0, 1] and [h["loss"] for h in second] != first  # continues from the weights
+
+
+def test_tensorboard_scalars_when_installed(splits, tmp_path, monkeypatch) -> None:
+    """A stand-in torch.utils.tensorboard records what the trainer writes (tensorboard is optional)."""
+    import types
+
+    calls = []
+
+    class SummaryWriter:
+        def __init__(self, log_dir):
+            calls.append(("open", log_dir))
+
+        def add_scalar(self, tag, value, step):
+            calls.append((tag, step))
+
+        def flush(self):
+            pass
+
+        def close(self):
+            calls.append(("close", None))
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=SummaryWriter))
+    make_trainer(splits, epochs=2, log_dir=tmp_path).fit()
+    assert calls[0] == ("open", str(tmp_path / "tensorboard")) and calls[-1] == ("close", None)
+    assert ("train/loss", 1) in calls and ("valid/ndcg@10", 1) in calls and ("train/samples_per_s", 0) in calls

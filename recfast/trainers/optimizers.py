@@ -28,7 +28,8 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-__all__ = ["OPTIMIZERS", "SCHEDULERS", "build_optimizers", "build_schedulers", "SchedulerSpec"]
+__all__ = ["OPTIMIZERS", "SCHEDULERS", "build_optimizers", "build_schedulers", "check_optimizer", "check_param_groups",
+           "parse_scheduler", "SchedulerSpec", "clip_grad_norm"]
 
 #: optimizer name -> (dense torch class, name of the row-sparse class in recfast.optim or None)
 OPTIMIZERS: dict[str, tuple[type[torch.optim.Optimizer], str | None]] = {
@@ -54,9 +55,6 @@ SCHEDULERS: dict[str, str] = {
     "onecycle": "OneCycleLR",
     "plateau": "ReduceLROnPlateau",
 }
-
-OptimizerSpec = "str | Callable[..., torch.optim.Optimizer]"
-
 
 def _sparse_class(name: str) -> Callable[..., torch.optim.Optimizer]:
     """The row-sparse optimizer class ``recfast.optim.<name>``.
@@ -94,7 +92,7 @@ class _Group:
     params: list[tuple[str, nn.Parameter]] = field(default_factory=list)
 
 
-def _check_optimizer(spec: Any, where: str) -> None:
+def check_optimizer(spec: Any, where: str) -> None:
     if callable(spec):
         return
     if not isinstance(spec, str) or spec.lower() not in OPTIMIZERS:
@@ -123,7 +121,7 @@ def check_param_groups(param_groups: Any) -> list[dict[str, Any]]:
             except re.error as e:
                 raise ValueError(f"Trainer: param_groups[{i}]['params']: bad regular expression {p!r}: {e}") from None
         if "optimizer" in g:
-            _check_optimizer(g["optimizer"], f"param_groups[{i}]['optimizer']")
+            check_optimizer(g["optimizer"], f"param_groups[{i}]['optimizer']")
         for key in ("lr", "weight_decay"):
             if key in g and (isinstance(g[key], bool) or not isinstance(g[key], (int, float))
                              or g[key] < 0 or (key == "lr" and g[key] == 0)):
@@ -160,7 +158,7 @@ def build_optimizers(model: nn.Module, sparse_params: Sequence[nn.Parameter], *,
     The order is deterministic (groups in the given order, then the default group; dense before
     sparse), so checkpoints map their states back one to one.
     """
-    _check_optimizer(optimizer, "optimizer")
+    check_optimizer(optimizer, "optimizer")
     groups = [_Group(name=f"param_groups[{i}]", optimizer=g.get("optimizer", optimizer), lr=float(g.get("lr", lr)),
                      weight_decay=float(g.get("weight_decay", weight_decay)),
                      options={k: v for k, v in g.items() if k not in ("params", "optimizer", "lr", "weight_decay")},

@@ -48,7 +48,8 @@ from torch import nn
 from ..csr import CSR
 from ..models.base import Recommender, atomic_torch_save
 from . import distributed as rdist
-from .optimizers import build_optimizers, build_schedulers, check_param_groups, clip_grad_norm, parse_scheduler
+from .optimizers import (build_optimizers, build_schedulers, check_optimizer, check_param_groups, clip_grad_norm,
+                         parse_scheduler)
 
 __all__ = ["Trainer", "epoch_seed"]
 
@@ -229,9 +230,7 @@ class Trainer:
         self.grad_clip = None if grad_clip is None else _num("grad_clip", grad_clip, True)
         if not (callable(optimizer) or isinstance(optimizer, str)):
             raise ValueError(f"Trainer: optimizer must be a name or a callable, got {optimizer!r}")
-        from .optimizers import _check_optimizer
-
-        _check_optimizer(optimizer, "optimizer")
+        check_optimizer(optimizer, "optimizer")
         self.optimizer_spec = optimizer
         self.optimizer_kwargs = dict(optimizer_kwargs or {})
         self.param_groups = check_param_groups(param_groups)
