@@ -46,10 +46,23 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+_RENDEZVOUS_ERRORS = ("address already in use", "eaddrinuse", "distnetworkerror", "connection refused",
+                      "connection reset")
+
+
 def _launch(script: str, tmp: Path, nproc: int = 2, timeout: float = 150) -> None:
-    """Run ``script`` in ``nproc`` processes with torchrun's environment variables."""
+    """Run ``script`` in ``nproc`` processes with torchrun's environment variables (once more on a
+    new port if the rendezvous failed, e.g. because another program took the free port meanwhile)."""
     path = tmp / "worker.py"
     path.write_text(script)
+    for attempt in range(2):
+        errors = _launch_once(path, nproc, timeout)
+        if not errors or attempt or not any(e in "\n".join(errors).lower() for e in _RENDEZVOUS_ERRORS):
+            break
+    assert not errors, "\n".join(errors)
+
+
+def _launch_once(path: Path, nproc: int, timeout: float) -> list[str]:
     port = _free_port()
     procs = []
     for rank in range(nproc):
@@ -62,14 +75,19 @@ def _launch(script: str, tmp: Path, nproc: int = 2, timeout: float = 150) -> Non
     errors = []
     try:
         for rank, p in enumerate(procs):
-            _, err = p.communicate(timeout=timeout)
+            try:
+                _, err = p.communicate(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                errors.append(f"rank {rank} did not finish within {timeout}s")
+                continue
             if p.returncode != 0:
                 errors.append(f"rank {rank} exited with {p.returncode}:\n{err.decode()[-3000:]}")
     finally:
         for p in procs:
             if p.poll() is None:
                 p.kill()
-    assert not errors, "\n".join(errors)
+                p.communicate()
+    return errors
 
 
 _TOY_WORKER = textwrap.dedent("""
