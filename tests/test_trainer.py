@@ -386,7 +386,7 @@ def test_grad_clip_dense_and_sparse() -> None:
     b = nn.Parameter(torch.zeros(4, 2))
     a.grad = torch.tensor([3.0, 0.0, 0.0])
     # uncoalesced: row 1 appears twice -> (2, 2) + (2, 2) = (4, 4)... norm^2 = 32; plus 9 = 41
-    b.grad = torch.sparse_coo_tensor(torch.tensor([[1, 1]]), torch.full((2, 2), 2.0), (4, 2))
+    b.grad = torch.sparse_coo_tensor(torch.tensor([[1, 1]]), torch.full((2, 2), 2.0), (4, 2), check_invariants=True)
     norm = clip_grad_norm([a, b], 1.0)
     assert float(norm) == pytest.approx(math.sqrt(41))
     total = math.sqrt(float(a.grad.pow(2).sum()) + float(b.grad.to_dense().pow(2).sum()))

@@ -79,7 +79,13 @@ def init_distributed(device_type: str) -> tuple[int, int, int]:
 def _destroy() -> None:
     global _CREATED_HERE
     if _CREATED_HERE and dist.is_initialized():
-        dist.destroy_process_group()
+        # Every rank is past its last collective before any tears the group down: gloo aborts the
+        # process ("terminate called without an active exception") when a peer's group goes away
+        # under a pending operation.
+        try:
+            dist.barrier()
+        finally:
+            dist.destroy_process_group()
     _CREATED_HERE = False
 
 
@@ -145,7 +151,7 @@ def all_reduce_sparse_grads(params: Sequence[nn.Parameter], world_size: int) -> 
         dist.all_gather(vals_all, vals_p.contiguous())
         r = torch.cat([rows_all[k][: n[k]] for k in range(world_size)])
         v = torch.cat([vals_all[k][: n[k]] for k in range(world_size)])
-        g = torch.sparse_coo_tensor(r.unsqueeze(0), v / world_size, p.shape).coalesce()
+        g = torch.sparse_coo_tensor(r.unsqueeze(0), v / world_size, p.shape, check_invariants=False).coalesce()
         p.grad = g.to_dense() if was_dense else g
 
 
