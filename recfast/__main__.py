@@ -1,3 +1,5 @@
+"""``python -m recfast`` is the ``recfast`` command."""
+
 import sys
 
 from .cli import main

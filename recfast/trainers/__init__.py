@@ -1,5 +1,5 @@
-"""Training loops."""
+"""Training loops: ``Trainer`` (single- and multi-process), its optimizers and distributed helpers."""
 
-from .trainer import Trainer
+from .trainer import Trainer, epoch_seed
 
-__all__ = ["Trainer"]
+__all__ = ["Trainer", "epoch_seed"]
