@@ -7,6 +7,7 @@ import csv
 import json
 import os
 import subprocess
+import tempfile
 import sys
 import textwrap
 from pathlib import Path
@@ -21,6 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_trainer import install_stand_ins  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+# Subprocesses import recfast from where this process did (site-packages in CI, the checkout
+# in an in-place build), never from the source folder by accident.
+_PKG_PARENT = str(Path(recfast.__file__).resolve().parents[1])
 EXAMPLES = ROOT / "examples"
 TOY_ARGS = ["--model", "_TestToyMF", "--params", "{dim: 8}", "--synthetic", "80x50x1200", "--batch-size", "64",
             "--lr", "0.05", "--no-progress", "--set", "evaluator.ks=[5, 10]"]
@@ -223,11 +227,13 @@ def test_recommend_run_errors(toy_run, capsys, tmp_path) -> None:
 
 
 def test_python_dash_m_recfast() -> None:
-    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    p = subprocess.run([sys.executable, "-m", "recfast", "--help"], capture_output=True, text=True, env=env, timeout=120)
+    env = {**os.environ, "PYTHONPATH": _PKG_PARENT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    neutral = tempfile.gettempdir()  # `python -m` puts the working directory on sys.path
+    p = subprocess.run([sys.executable, "-m", "recfast", "--help"], capture_output=True, text=True, env=env, timeout=120,
+                       cwd=neutral)
     assert p.returncode == 0 and "{train,evaluate,recommend,bench}" in p.stdout
     p = subprocess.run([sys.executable, "-m", "recfast", "train", "--set", "trainer.epochs=many"], capture_output=True,
-                       text=True, env=env, timeout=120)
+                       text=True, env=env, timeout=120, cwd=neutral)
     assert p.returncode == 2 and p.stderr.strip() == \
         "recfast train: error: trainer.epochs: expected an int >= 0, got 'many' (str)"
 

@@ -25,6 +25,9 @@ from recfast.trainers import distributed as rdist
 
 HERE = Path(__file__).resolve()
 ROOT = HERE.parents[1]
+# Subprocesses import recfast from where this process did (site-packages in CI, the checkout
+# in an in-place build), never from the source folder by accident.
+_PKG_PARENT = str(Path(recfast.__file__).resolve().parents[1])
 TOY = HERE.parent / "test_trainer.py"
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
@@ -69,7 +72,7 @@ def _launch_once(path: Path, nproc: int, timeout: float) -> list[str]:
         env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": str(nproc), "LOCAL_RANK": str(rank),
                "LOCAL_WORLD_SIZE": str(nproc), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
                "OMP_NUM_THREADS": "1",
-               "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+               "PYTHONPATH": _PKG_PARENT + os.pathsep + os.environ.get("PYTHONPATH", "")}
         procs.append(subprocess.Popen([sys.executable, str(path)], env=env, stdout=subprocess.PIPE,
                                       stderr=subprocess.PIPE))
     errors = []

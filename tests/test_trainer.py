@@ -32,6 +32,9 @@ from recfast.trainers.optimizers import clip_grad_norm
 
 HERE = Path(__file__).resolve()
 ROOT = HERE.parents[1]
+# Subprocesses import recfast from where this process did (site-packages in CI, the checkout
+# in an in-place build), never from the source folder by accident.
+_PKG_PARENT = str(Path(recfast.__file__).resolve().parents[1])
 
 
 # -- toy components -------------------------------------------------------------------------------
@@ -555,7 +558,7 @@ def _run_script(tmp: Path, name: str, *, sparse: bool, resume: bool, ckpt: Path,
     out = tmp / f"{name}.pt"
     script = tmp / f"{name}.py"
     script.write_text(_SCRIPT.format(test_file=str(HERE), sparse=sparse, ckpt=str(ckpt), resume=resume, out=str(out)))
-    full_env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), **(env or {})}
+    full_env = {**os.environ, "PYTHONPATH": _PKG_PARENT + os.pathsep + os.environ.get("PYTHONPATH", ""), **(env or {})}
     proc = subprocess.Popen([sys.executable, str(script)], env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     if wait:
         _, err = proc.communicate(timeout=120)
