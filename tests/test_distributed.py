@@ -229,9 +229,10 @@ _REAL_WORKER = textwrap.dedent("""
     for name, params in {models!r}:
         model = recfast.build_model(name, params, n_users=300, n_items=200)
         tr = recfast.Trainer(model, train, valid, epochs=4, batch_size={batch}, lr=0.01, progress=False, seed=0,
-                             device="cpu", evaluator={{"ks": [20]}})
+                             device={device!r}, evaluator={{"ks": [20]}})
         tr.fit()
         metrics = tr.evaluate(test)
+        model.cpu()
         torch.save({{"test": metrics, "weights": model.state_dict()}}, {out!r}.format(name, tr.rank))
     tr.close()
 """)
@@ -250,7 +251,7 @@ def test_real_models_two_processes_close_to_one(tmp_path) -> None:
     if not hasattr(recfast.data, "PairwiseLoader") or not hasattr(recfast.eval, "Evaluator"):
         pytest.skip("recfast.data.PairwiseLoader / recfast.eval.Evaluator are not merged yet")
     out = str(tmp_path / "real_{}_{}.pt")
-    _launch(_REAL_WORKER.format(models=_REAL_MODELS, batch=256, out=out), tmp_path)
+    _launch(_REAL_WORKER.format(models=_REAL_MODELS, batch=256, out=out, device="cpu"), tmp_path)
     x = recfast.data.synthetic(300, 200, 6000, seed=0, min_user_interactions=3)
     train, valid, test = recfast.data.stratified_split(x, (0.8, 0.1, 0.1), seed=0)
     for name, params in _REAL_MODELS:
@@ -272,3 +273,19 @@ def test_real_models_two_processes_close_to_one(tmp_path) -> None:
         again = tr.evaluate(test)
         for m in again:
             assert r0["test"][m] == pytest.approx(again[m], abs=1e-9), (name, m)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.device_count() < 2 or not dist.is_nccl_available(),
+                    reason="nccl needs two GPUs (one rank per device)")
+def test_two_nccl_processes_agree(tmp_path) -> None:
+    """The same real models on two GPUs with nccl: identical weights and metrics on both ranks, and
+    the test metrics close to the CPU run of the same seed."""
+    out = str(tmp_path / "nccl_{}_{}.pt")
+    _launch(_REAL_WORKER.format(models=_REAL_MODELS, batch=256, out=out, device="cuda"), tmp_path, timeout=300)
+    for name, _ in _REAL_MODELS:
+        r0, r1 = (torch.load(out.format(name, r), weights_only=False) for r in (0, 1))
+        for k in r0["weights"]:
+            assert torch.equal(r0["weights"][k], r1["weights"][k]), (name, k)
+        assert r0["test"] == r1["test"]
+        assert all(0.0 <= v <= 1.0 for v in r0["test"].values())
