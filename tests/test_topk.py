@@ -203,12 +203,14 @@ def cpu_kernel(request, monkeypatch):
 
 
 @pytest.mark.parametrize("shape", [(70, 530, 9, 7), (100, 1000, 64, 20), (33, 77, 3, 40), (65, 301, 17, 5),
-                                   (5, 3, 2, 10), (1, 1, 1, 1), (40, 250, 100, 30)])
+                                   (5, 3, 2, 10), (1, 1, 1, 1), (40, 250, 100, 30), (20, 300, 19, 70),
+                                   (30, 90, 5, 100)])
 @pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64])
 def test_cpu_kernels_match_reference_exactly(cpu_kernel, shape, index_dtype) -> None:
     """Integer-valued inputs make every score exact whatever the summation order, so ids (ties to the
     lower id), scores and padding must equal the reference bit for bit; d and the row count are not
-    multiples of the kernel's register block (16 lanes, 12 items)."""
+    multiples of the kernel's register block (16 lanes, 12 items); k = 70 and 100 take the fused
+    kernel's heap (k > 64 rows are not kept sorted), k = 100 > candidates pads."""
     b, n, d, k = shape
     g = torch.Generator().manual_seed(b * 1000 + n)
     q = torch.randint(-2, 3, (b, d), generator=g).float()

@@ -235,24 +235,43 @@ bool has_avx512() {
 #endif
 }
 
-template <typename I>
+// Up to this k a row is kept sorted best first (insertion by a branch-free count and a short shift,
+// cheaper than a heap's unpredictable sift); above it, a heap as in topk_merge.
+constexpr std::int64_t kSortedMaxK = 64;
+
+// Offers item (higher than every item the row holds) with score v to row u: as topk_merge, it enters
+// only by beating the row's current worst; excluded items never enter.
+template <bool Sorted, typename I>
 inline void consider(std::int64_t u, std::int64_t item, float v, float* thr, float* hs, std::int64_t* hi,
                      std::int64_t k, const I* ex, std::int64_t& cur, std::int64_t end) {
   if (!(v > thr[u])) return;
   while (cur < end && static_cast<std::int64_t>(ex[cur]) < item) ++cur;
   if (cur < end && static_cast<std::int64_t>(ex[cur]) == item) return;
-  hs[0] = v;
-  hi[0] = item;
-  sift_down(hs, hi, k, 0);
-  thr[u] = hs[0];
+  if (Sorted) {
+    // Entries with a score >= v stay ahead (equal scores hold lower ids); v > hs[k - 1], so pos < k.
+    std::int64_t pos = 0;
+    for (std::int64_t t = 0; t < k; ++t) pos += hs[t] >= v;
+    for (std::int64_t t = k - 1; t > pos; --t) {
+      hs[t] = hs[t - 1];
+      hi[t] = hi[t - 1];
+    }
+    hs[pos] = v;
+    hi[pos] = item;
+    thr[u] = hs[k - 1];
+  } else {
+    hs[0] = v;
+    hi[0] = item;
+    sift_down(hs, hi, k, 0);
+    thr[u] = hs[0];
+  }
 }
 
 }  // namespace
 
 const char* topk_fused_best_isa() { return has_avx512() ? "avx512" : "portable"; }
 
-template <typename I>
-void topk_fused(const float* queries, const float* keys, const float* key_bias, std::int64_t n_rows,
+template <bool Sorted, typename I>
+void topk_fused_impl(const float* queries, const float* keys, const float* key_bias, std::int64_t n_rows,
                 std::int64_t n_items, std::int64_t d, const std::int64_t* rows, const offset_t* ex_indptr,
                 const I* ex_indices, std::int64_t k, float* top_scores, std::int64_t* top_ids, int isa,
                 int num_threads) {
@@ -286,7 +305,8 @@ void topk_fused(const float* queries, const float* keys, const float* key_bias, 
         for (int l = 0; l < kLanes; ++l) {
           const std::int64_t u = pn * kLanes + l;
           for (std::int64_t p = 0; p < d; ++p) dst[p * kLanes + l] = u < nu ? queries[(u0 + u) * d + p] : 0.0f;
-          thr[pn * kLanes + l] = u < nu ? top_scores[(u0 + u) * k] : std::numeric_limits<float>::infinity();
+          thr[pn * kLanes + l] =
+              u < nu ? top_scores[(u0 + u) * k + (Sorted ? k - 1 : 0)] : std::numeric_limits<float>::infinity();
         }
       }
       for (std::int64_t u = 0; u < nu; ++u) {
@@ -313,15 +333,15 @@ void topk_fused(const float* queries, const float* keys, const float* key_bias, 
                 const int l = __builtin_ctz(lanes);
                 lanes &= lanes - 1;
                 const std::int64_t u = pn * kLanes + l;
-                consider(l, i0 + j, sc[j * kLanes + l], tp, top_scores + (u0 + u) * k, top_ids + (u0 + u) * k, k,
+                consider<Sorted>(l, i0 + j, sc[j * kLanes + l], tp, top_scores + (u0 + u) * k, top_ids + (u0 + u) * k, k,
                          ex_indices, cur[u], end[u]);
               }
             }
           }
         }
       }
-      // Sort each row best first (as topk_finalize).
-      for (std::int64_t u = u0; u < u0 + nu; ++u) {
+      // Heaps: sort each row best first (as topk_finalize); sorted rows already are.
+      for (std::int64_t u = u0; u < u0 + nu && !Sorted; ++u) {
         float* s = top_scores + u * k;
         std::int64_t* id = top_ids + u * k;
         for (std::int64_t n = k; n > 1; --n) {
@@ -331,6 +351,20 @@ void topk_fused(const float* queries, const float* keys, const float* key_bias, 
         }
       }
     }
+  }
+}
+
+template <typename I>
+void topk_fused(const float* queries, const float* keys, const float* key_bias, std::int64_t n_rows,
+                std::int64_t n_items, std::int64_t d, const std::int64_t* rows, const offset_t* ex_indptr,
+                const I* ex_indices, std::int64_t k, float* top_scores, std::int64_t* top_ids, int isa,
+                int num_threads) {
+  if (k <= kSortedMaxK) {
+    topk_fused_impl<true, I>(queries, keys, key_bias, n_rows, n_items, d, rows, ex_indptr, ex_indices, k, top_scores,
+                             top_ids, isa, num_threads);
+  } else {
+    topk_fused_impl<false, I>(queries, keys, key_bias, n_rows, n_items, d, rows, ex_indptr, ex_indices, k,
+                              top_scores, top_ids, isa, num_threads);
   }
 }
 
