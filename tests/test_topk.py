@@ -209,7 +209,7 @@ def cpu_kernel(request, monkeypatch):
 def test_cpu_kernels_match_reference_exactly(cpu_kernel, shape, index_dtype) -> None:
     """Integer-valued inputs make every score exact whatever the summation order, so ids (ties to the
     lower id), scores and padding must equal the reference bit for bit; d and the row count are not
-    multiples of the kernel's register block (16 lanes, 12 items); k = 70 and 100 take the fused
+    multiples of the kernel's register block (32 query lanes x 12 items); k = 70 and 100 take the fused
     kernel's heap (k > 64 rows are not kept sorted), k = 100 > candidates pads."""
     b, n, d, k = shape
     g = torch.Generator().manual_seed(b * 1000 + n)
@@ -247,7 +247,8 @@ def test_fused_kernels_agree_bit_for_bit_on_float_data() -> None:
     so scores and ids agree exactly, for any thread count; against the dense reference, the ids
     carry their scores."""
     g = torch.Generator().manual_seed(7)
-    q, keys, bias = torch.randn(300, 37, generator=g), torch.randn(2500, 37, generator=g), torch.randn(2500, generator=g)
+    q, keys = torch.randn(300, 37, generator=g), torch.randn(2500, 37, generator=g)
+    bias = torch.randn(2500, generator=g)
     ex = random_csr(300, 2500, 0.05, seed=3)
     outs = []
     for kind in _FUSED:

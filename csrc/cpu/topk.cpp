@@ -272,9 +272,9 @@ const char* topk_fused_best_isa() { return has_avx512() ? "avx512" : "portable";
 
 template <bool Sorted, typename I>
 void topk_fused_impl(const float* queries, const float* keys, const float* key_bias, std::int64_t n_rows,
-                std::int64_t n_items, std::int64_t d, const std::int64_t* rows, const offset_t* ex_indptr,
-                const I* ex_indices, std::int64_t k, float* top_scores, std::int64_t* top_ids, int isa,
-                int num_threads) {
+                     std::int64_t n_items, std::int64_t d, const std::int64_t* rows, const offset_t* ex_indptr,
+                     const I* ex_indices, std::int64_t k, float* top_scores, std::int64_t* top_ids, int isa,
+                     int num_threads) {
   if (k == 0 || n_rows == 0) return;
   MicroFn micro = micro_portable;
 #ifdef RF_TOPK_AVX512
@@ -282,11 +282,12 @@ void topk_fused_impl(const float* queries, const float* keys, const float* key_b
 #endif
   const int nt = resolve_threads(num_threads);
   // Users per block: a few panels, fewer when there are few users so that every thread gets work.
-  std::int64_t per_thread = (n_rows + nt - 1) / nt;
+  const std::int64_t per_thread = (n_rows + nt - 1) / nt;
   std::int64_t mb = std::min<std::int64_t>(256, (per_thread + kLanes - 1) / kLanes * kLanes);
   mb = std::max<std::int64_t>(mb, kLanes);
   // Items per tile: about 512 KiB of keys (stays in L2 while every panel of the block passes over it).
-  std::int64_t nt_items = std::max<std::int64_t>(kNJ, (512 * 1024 / 4 / std::max<std::int64_t>(d, 1)) / kNJ * kNJ);
+  const std::int64_t nt_items =
+      std::max<std::int64_t>(kNJ, (512 * 1024 / 4 / std::max<std::int64_t>(d, 1)) / kNJ * kNJ);
   const std::int64_t n_blocks = (n_rows + mb - 1) / mb;
 #pragma omp parallel num_threads(nt)
   {
@@ -333,8 +334,8 @@ void topk_fused_impl(const float* queries, const float* keys, const float* key_b
                 const int l = __builtin_ctz(lanes);
                 lanes &= lanes - 1;
                 const std::int64_t u = pn * kLanes + l;
-                consider<Sorted>(l, i0 + j, sc[j * kLanes + l], tp, top_scores + (u0 + u) * k, top_ids + (u0 + u) * k, k,
-                         ex_indices, cur[u], end[u]);
+                consider<Sorted>(l, i0 + j, sc[j * kLanes + l], tp, top_scores + (u0 + u) * k,
+                                 top_ids + (u0 + u) * k, k, ex_indices, cur[u], end[u]);
               }
             }
           }

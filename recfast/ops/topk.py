@@ -1,8 +1,11 @@
 """Batched top-k over dot-product scores with training-item masking, streamed over item tiles.
 
-Scores are computed tile by tile (BLAS/cuBLAS through ``torch.mm`` into a reused buffer that stays
-in cache) and a compiled kernel masks each tile and merges it into a running top-k per query, so
-the extra memory is O(B * k + block * tile), never B x n_items.
+On CPUs with AVX-512 (and d <= 256) one fused kernel scores a register block of 32 queries x 12
+items at a time and compares each score with its query's current k-th best right away, so scores
+never reach memory and only the few that beat it are selected (no score buffer at all). Elsewhere,
+and on CUDA, scores are computed tile by tile (BLAS/cuBLAS through ``torch.mm`` into a reused buffer
+that stays in cache) and a compiled kernel masks each tile and merges it into a running top-k per
+query. Either way the extra memory is O(B * k + block * tile), never B x n_items.
 
 Contract (both ops, every device): for each row, the ``k`` best items, best first; ties go to the
 lower item id; excluded items never appear; NaN and -inf scores are never selected; rows with fewer
@@ -69,7 +72,8 @@ def topk(
     exclude : optional users x items CSR; items in row ``rows[b]`` never appear for query b.
     rows : int tensor (B,): the exclusion row of each query (default ``arange(B)``).
     key_bias : optional float32 (n_items,) added to every score.
-    block_size, tile_size : queries and items per scored tile.
+    block_size, tile_size : queries and items per scored tile (when scores go through torch.mm:
+        on CUDA, and on CPUs without AVX-512 or with d > 256).
 
     Returns
     -------
