@@ -11,6 +11,8 @@ torch.cuda.max_memory_allocated is recorded too).
 
 from __future__ import annotations
 
+import importlib
+import statistics
 import time
 
 import numpy as np
@@ -46,6 +48,20 @@ def numpy_argpartition(U, V, train_sp, k, batch):
         order = np.take_along_axis(scores, part, 1).argsort(axis=1)[:, ::-1]
         out.append(np.take_along_axis(part, order, 1))
     return np.concatenate(out)
+
+
+def interleaved_ms(fns, repeat):
+    """Median ms of each function, timed in turn (A, B, A, B, ...) so that load from other processes
+    hits both alike; one untimed warm-up each."""
+    for f in fns:
+        f()
+    times = [[] for _ in fns]
+    for _ in range(repeat):
+        for t, f in zip(times, fns):
+            t0 = time.perf_counter()
+            f()
+            t.append((time.perf_counter() - t0) * 1e3)
+    return [statistics.median(t) for t in times]
 
 
 def main() -> None:
@@ -111,6 +127,30 @@ def main() -> None:
                                       same_items_fraction=same, **extra))
             except ImportError:
                 print("  implicit not installed: its baseline is skipped (pip install '.[bench]')")
+            # A/B of recfast's own CPU kernels: the fused kernel (what "auto" picks with AVX-512)
+            # against torch.mm tiles + topk_merge (the "gemm" kernel), interleaved in one run.
+            mod = importlib.import_module("recfast.ops.topk")
+            kernels = {}
+            for kind in ("fused", "gemm"):
+                mod._CPU_KERNEL = kind
+                kernels[kind] = recfast.ops.topk(U, V, k, exclude=train)
+            mod._CPU_KERNEL = "auto"
+            same = float((kernels["fused"][1] == kernels["gemm"][1]).all(1).float().mean())
+
+            def with_kernel(kind):
+                def f():
+                    mod._CPU_KERNEL = kind
+                    try:
+                        recfast.ops.topk(U, V, k, exclude=train)
+                    finally:
+                        mod._CPU_KERNEL = "auto"
+                return f
+
+            fused_ms, gemm_k_ms = interleaved_ms([with_kernel("fused"), with_kernel("gemm")], reps)
+            print(f"[{name}] fused kernel {fused_ms:.0f} ms, gemm kernel {gemm_k_ms:.0f} ms (interleaved medians)")
+            records.append(record("topk_all_users", "recfast_gemm_kernel(torch.mm tiles + topk_merge)", dev,
+                                  {**params, "recfast_kernel": "fused-" + recfast._C.topk_fused_best_isa()},
+                                  fused_ms, gemm_k_ms, same_items_fraction=same))
         ev = recfast.eval.Evaluator(train.to("cpu"), test, ks=(10, 20))
         ev_ms = time_fn(lambda: ev.evaluate(user_emb=U, item_emb=V), device=dev, repeat=reps, warmup=1)
         users_eval = ev.users.to(dev)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 import pytest
 import torch
@@ -12,6 +14,8 @@ import recfast
 from recfast.ops import topk, topk_scores
 from recfast.ops.topk import _topk_reference as _topk_ref
 from conftest import random_csr, requires_cuda
+
+_topk_mod = importlib.import_module("recfast.ops.topk")  # the module (recfast.ops.topk is the function)
 
 
 def _check_against_ref(got, want, scores_dense=None):
@@ -113,8 +117,11 @@ def test_property_matches_reference(b, n, d, k, density, seed, bs, ts) -> None:
     assert torch.equal(got[1], want[1]) and torch.equal(got[0], want[0])
 
 
-def test_never_materialises_users_by_items(monkeypatch) -> None:
-    """The biggest float buffer topk allocates is one block x tile, not B x n_items."""
+@pytest.mark.parametrize("kernel", ["gemm", "auto"])
+def test_never_materialises_users_by_items(monkeypatch, kernel) -> None:
+    """The biggest float buffer topk allocates is one block x tile, not B x n_items (the fused
+    kernel allocates none through torch: its scores live in registers)."""
+    monkeypatch.setattr(_topk_mod, "_CPU_KERNEL", kernel)
     sizes = []
     real_empty = torch.empty
 
@@ -125,7 +132,7 @@ def test_never_materialises_users_by_items(monkeypatch) -> None:
 
     monkeypatch.setattr(torch, "empty", spy)
     topk(torch.randn(3000, 8), torch.randn(5000, 8), 10, block_size=256, tile_size=512)
-    assert max(sizes) <= 256 * 512
+    assert max(sizes, default=0) <= 256 * 512
 
 
 def test_errors_name_the_argument() -> None:
@@ -179,3 +186,88 @@ def test_cuda_on_a_side_stream_matches_cpu() -> None:
         got = topk(q.cuda(), keys.cuda(), 30, exclude=ex.to("cuda"))
     s.synchronize()
     assert torch.equal(got[1].cpu(), want[1]) and torch.equal(got[0].cpu(), want[0])
+
+
+# ---- CPU kernels: "gemm" (torch.mm tiles + topk_merge) and "fused" (register-blocked scoring with
+# selection in the same pass), forced through the internal switch; both must equal the reference.
+
+
+_FUSED = ["fused-portable"] + (["fused-avx512"] if recfast._C.topk_fused_best_isa() == "avx512" else [])
+_CPU_KERNELS = ["gemm", *_FUSED]
+
+
+@pytest.fixture(params=_CPU_KERNELS)
+def cpu_kernel(request, monkeypatch):
+    monkeypatch.setattr(_topk_mod, "_CPU_KERNEL", request.param)
+    return request.param
+
+
+@pytest.mark.parametrize("shape", [(70, 530, 9, 7), (100, 1000, 64, 20), (33, 77, 3, 40), (65, 301, 17, 5),
+                                   (5, 3, 2, 10), (1, 1, 1, 1), (40, 250, 100, 30), (20, 300, 19, 70),
+                                   (30, 90, 5, 100)])
+@pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64])
+def test_cpu_kernels_match_reference_exactly(cpu_kernel, shape, index_dtype) -> None:
+    """Integer-valued inputs make every score exact whatever the summation order, so ids (ties to the
+    lower id), scores and padding must equal the reference bit for bit; d and the row count are not
+    multiples of the kernel's register block (32 query lanes x 12 items); k = 70 and 100 take the fused
+    kernel's heap (k > 64 rows are not kept sorted), k = 100 > candidates pads."""
+    b, n, d, k = shape
+    g = torch.Generator().manual_seed(b * 1000 + n)
+    q = torch.randint(-2, 3, (b, d), generator=g).float()
+    keys = torch.randint(-2, 3, (n, d), generator=g).float()
+    bias = torch.randint(-1, 2, (n,), generator=g).float()
+    ex = random_csr(b + 3, n, 0.3, seed=b, index_dtype=index_dtype)
+    rows = torch.randint(0, b + 3, (b,), generator=g)
+    for kw in ({}, {"exclude": ex, "rows": rows}, {"exclude": ex, "rows": rows, "key_bias": bias},
+               {"key_bias": bias}):
+        got = topk(q, keys, k, **kw)
+        want = _topk_ref(q, keys, k, **kw)
+        assert torch.equal(got[1], want[1]) and torch.equal(got[0], want[0]), kw
+
+
+def test_cpu_kernels_nan_inf_and_all_excluded(cpu_kernel) -> None:
+    """NaN scores are never selected, +inf is, rows whose items are all excluded are padded."""
+    q = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    keys = torch.tensor([[float("nan"), 1.0], [2.0, float("inf")], [float("-inf"), 0.0], [1.0, 1.0],
+                         [float("inf"), -1.0]])
+    ex = recfast.CSR(torch.tensor([0, 0, 0, 5]), torch.tensor([0, 1, 2, 3, 4], dtype=torch.int32), (3, 5))
+    got = topk(q, keys, 4, exclude=ex)
+    want = _topk_ref(q, keys, 4, exclude=ex)
+    assert torch.equal(got[1], want[1]) and torch.equal(got[0], want[0])
+    assert got[1][2].tolist() == [-1] * 4
+
+
+def test_cpu_kernels_all_equal_scores_lowest_ids(cpu_kernel) -> None:
+    s, i = topk(torch.ones(37, 3), torch.ones(200, 3), 25)
+    assert (i == torch.arange(25)).all() and (s == 3).all()
+
+
+def test_fused_kernels_agree_bit_for_bit_on_float_data() -> None:
+    """Random float data: the AVX-512 and portable fused kernels perform the same float operations,
+    so scores and ids agree exactly, for any thread count; against the dense reference, the ids
+    carry their scores."""
+    g = torch.Generator().manual_seed(7)
+    q, keys = torch.randn(300, 37, generator=g), torch.randn(2500, 37, generator=g)
+    bias = torch.randn(2500, generator=g)
+    ex = random_csr(300, 2500, 0.05, seed=3)
+    outs = []
+    for kind in _FUSED:
+        for nt in (1, 2):
+            _topk_mod._CPU_KERNEL = kind
+            try:
+                outs.append(topk(q, keys, 20, exclude=ex, key_bias=bias, num_threads=nt))
+            finally:
+                _topk_mod._CPU_KERNEL = "auto"
+    for s, i in outs[1:]:
+        assert torch.equal(s, outs[0][0]) and torch.equal(i, outs[0][1])
+    dense = q.double() @ keys.double().T + bias.double()
+    _check_against_ref(outs[0], _topk_ref(q, keys, 20, exclude=ex, key_bias=bias), dense)
+
+
+def test_fused_rejects_an_unknown_isa() -> None:
+    import numpy as np
+
+    s, i = np.full((1, 1), -np.inf, np.float32), np.full((1, 1), -1, np.int64)
+    with pytest.raises(ValueError, match="isa must be"):
+        recfast._C.topk_fused(np.ones((1, 2), np.float32), np.ones((3, 2), np.float32), None, None,
+                              np.empty(0, np.int64), np.empty(0, np.int32), s, i, "sse9", 1)

@@ -1,8 +1,11 @@
 """Batched top-k over dot-product scores with training-item masking, streamed over item tiles.
 
-Scores are computed tile by tile (BLAS/cuBLAS through ``torch.mm`` into a reused buffer that stays
-in cache) and a compiled kernel masks each tile and merges it into a running top-k per query, so
-the extra memory is O(B * k + block * tile), never B x n_items.
+On CPUs with AVX-512 (and d <= 256) one fused kernel scores a register block of 32 queries x 12
+items at a time and compares each score with its query's current k-th best right away, so scores
+never reach memory and only the few that beat it are selected (no score buffer at all). Elsewhere,
+and on CUDA, scores are computed tile by tile (BLAS/cuBLAS through ``torch.mm`` into a reused buffer
+that stays in cache) and a compiled kernel masks each tile and merges it into a running top-k per
+query. Either way the extra memory is O(B * k + block * tile), never B x n_items.
 
 Contract (both ops, every device): for each row, the ``k`` best items, best first; ties go to the
 lower item id; excluded items never appear; NaN and -inf scores are never selected; rows with fewer
@@ -69,7 +72,8 @@ def topk(
     exclude : optional users x items CSR; items in row ``rows[b]`` never appear for query b.
     rows : int tensor (B,): the exclusion row of each query (default ``arange(B)``).
     key_bias : optional float32 (n_items,) added to every score.
-    block_size, tile_size : queries and items per scored tile.
+    block_size, tile_size : queries and items per scored tile (when scores go through torch.mm:
+        on CUDA, and on CPUs without AVX-512 or with d > 256).
 
     Returns
     -------
@@ -144,6 +148,25 @@ def _exclusion(exclude: CSR | None):
     return np_view(exclude.indptr), np_view(exclude.indices)
 
 
+# Which CPU kernel topk runs (an internal switch; tests force each one):
+# "gemm"  - tiles scored by torch.mm into a reused buffer, then topk_merge (block_size x tile_size);
+# "fused" - topk_fused: scores a register block at a time and selects at once, no score buffer
+#           ("fused-avx512" / "fused-portable" force its kernel; both give the same bits);
+# "auto"  - "fused" where its AVX-512 kernel runs and d <= _FUSED_MAX_DIM, else "gemm".
+_CPU_KERNEL = "auto"
+_FUSED_MAX_DIM = 256
+
+
+def _cpu_kernel(d: int) -> tuple[str, str]:
+    kind = _CPU_KERNEL
+    if kind == "auto":
+        kind = "fused" if d <= _FUSED_MAX_DIM and _C.topk_fused_best_isa() == "avx512" else "gemm"
+    if kind == "gemm":
+        return "gemm", ""
+    isa = kind.partition("-")[2] or "auto"
+    return "fused", isa
+
+
 def _topk_cpu(queries, keys, k, exclude, rows64, key_bias, block_size, tile_size, num_threads):
     n_rows, n_items = queries.shape[0], keys.shape[0]
     top_s, top_i = _alloc(n_rows, k)
@@ -153,6 +176,13 @@ def _topk_cpu(queries, keys, k, exclude, rows64, key_bias, block_size, tile_size
     queries = queries.detach().contiguous()
     keys = keys.detach().contiguous()
     ex_ip, ex_ix = _exclusion(exclude)
+    kind, isa = _cpu_kernel(queries.shape[1])
+    if kind == "fused":
+        bias = None if key_bias is None else np_view(key_bias.detach().contiguous())
+        rows_np = None if exclude is None or rows64 is None else np_view(rows64)
+        _C.topk_fused(np_view(queries), np_view(keys), bias, rows_np, ex_ip, ex_ix, np_view(top_s), np_view(top_i),
+                      isa, nt)
+        return top_s, top_i
     block = max(1, min(block_size, n_rows))
     tile = max(1, min(tile_size, n_items))
     buf = torch.empty(block, tile, dtype=torch.float32)

@@ -23,6 +23,20 @@ void topk_merge(const float* scores, std::int64_t n_rows, std::int64_t ld, std::
 
 void topk_finalize(float* top_scores, std::int64_t* top_ids, std::int64_t n_rows, std::int64_t k, int num_threads);
 
+// Scores and selects in one pass, without a score buffer: for each query row r, the k best items
+// by score(r, i) = fma-chain over p of queries[r, p] * keys[i, p] (sequential from 0) + key_bias[i],
+// excluding as topk_merge does; top_scores/top_ids start as in topk_merge and end sorted best first
+// (no topk_finalize). isa: 0 = best available, 1 = portable, 2 = AVX-512; every isa gives the same bits.
+// queries: n_rows x d, keys: n_items x d, row-major; key_bias may be nullptr.
+template <typename I>
+void topk_fused(const float* queries, const float* keys, const float* key_bias, std::int64_t n_rows,
+                std::int64_t n_items, std::int64_t d, const std::int64_t* rows, const offset_t* ex_indptr,
+                const I* ex_indices, std::int64_t k, float* top_scores, std::int64_t* top_ids, int isa,
+                int num_threads);
+
+// "avx512" when topk_fused's AVX-512 kernel runs on this CPU, else "portable".
+const char* topk_fused_best_isa();
+
 // For each (row b, rank j): whether ids[b, j] is in test row users[b] (sorted), as 0/1.
 template <typename I>
 void topk_hits(const std::int64_t* ids, std::int64_t n_rows, std::int64_t k, const std::int64_t* users,
