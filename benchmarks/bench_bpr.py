@@ -24,7 +24,18 @@ import recfast
 from _common import base_parser, print_table, record, sync, time_fn, write_results
 from recfast.ops.bpr import _bpr_loss_reference
 
-DATA = Path(os.environ.get("RECFAST_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+def _data_dir() -> Path:
+    """$RECFAST_DATA, else ../shared/data beside the checkout (or beside a worktree's parent)."""
+    if "RECFAST_DATA" in os.environ:
+        return Path(os.environ["RECFAST_DATA"])
+    here = Path(__file__).resolve()
+    for up in (2, 3):
+        if (here.parents[up] / "shared" / "data").is_dir():
+            return here.parents[up] / "shared" / "data"
+    return here.parents[2] / "shared" / "data"
+
+
+DATA = _data_dir()
 
 
 def bench_loss(args, records):

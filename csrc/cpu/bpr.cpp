@@ -24,7 +24,37 @@ inline T sqnorm(const T* a, std::int64_t d) {
   return dot(a, a, d);
 }
 
+// Rows are gathered at random: each loop prefetches the rows of example b + kAhead, so that their
+// cache misses overlap the arithmetic of the examples in between.
+constexpr std::int64_t kAhead = 8;
+
+template <typename T>
+inline void prefetch_row(const T* p, std::int64_t d, bool write = false) {
+  const std::int64_t bytes = d * static_cast<std::int64_t>(sizeof(T));
+  for (std::int64_t o = 0; o < bytes; o += 64) {
+    if (write) {
+      __builtin_prefetch(reinterpret_cast<const char*>(p) + o, 1, 3);
+    } else {
+      __builtin_prefetch(reinterpret_cast<const char*>(p) + o, 0, 3);
+    }
+  }
+}
+
 }  // namespace
+
+// softplus(-x) and sigmoid(-x) from one exponential e = exp(-|x|): softplus(-x) = max(-x, 0) +
+// log1p(e), sigmoid(-x) = e / (1 + e) for x >= 0 and 1 / (1 + e) otherwise. float for float
+// tables (single-precision libm: the double versions cost as much as the rest of the forward).
+inline void neg_logsigmoid(float x, float* sp, float* sg) {
+  const float e = std::exp(-std::fabs(x));
+  *sp = (x < 0.0f ? -x : 0.0f) + std::log1p(e);
+  *sg = x >= 0.0f ? e / (1.0f + e) : 1.0f / (1.0f + e);
+}
+inline void neg_logsigmoid(double x, double* sp, double* sg) {
+  const double e = std::exp(-std::fabs(x));
+  *sp = (x < 0.0 ? -x : 0.0) + std::log1p(e);
+  *sg = x >= 0.0 ? e / (1.0 + e) : 1.0 / (1.0 + e);
+}
 
 template <typename T>
 void bpr_forward(const T* U, const T* V, const T* bias, std::int64_t d, const std::int64_t* users,
@@ -32,16 +62,24 @@ void bpr_forward(const T* U, const T* V, const T* bias, std::int64_t d, const st
                  T* coef, int num_threads) {
 #pragma omp parallel for schedule(static) num_threads(resolve_threads(num_threads))
   for (std::int64_t b = 0; b < B; ++b) {
+    if (b + kAhead < B) {
+      const std::int64_t a = b + kAhead;
+      prefetch_row(U + users[a] * d, d);
+      prefetch_row(V + pos[a] * d, d);
+      for (std::int64_t k = 0; k < K; ++k) prefetch_row(V + neg[a * K + k] * d, d);
+    }
     const T* u = U + users[b] * d;
     const T* vi = V + pos[b] * d;
-    const double ui = static_cast<double>(dot(u, vi, d)) + (bias ? static_cast<double>(bias[pos[b]]) : 0.0);
+    const T ui = dot(u, vi, d) + (bias ? bias[pos[b]] : T(0));
     double total = 0.0, neg_sq = 0.0;
     for (std::int64_t k = 0; k < K; ++k) {
       const std::int64_t j = neg[b * K + k];
       const T* vj = V + j * d;
-      const double x = ui - static_cast<double>(dot(u, vj, d)) - (bias ? static_cast<double>(bias[j]) : 0.0);
-      total += softplus(-x);
-      coef[b * K + k] = static_cast<T>(-sigmoid(-x));
+      const T x = ui - (dot(u, vj, d) + (bias ? bias[j] : T(0)));
+      T sp, sg;
+      neg_logsigmoid(x, &sp, &sg);
+      total += static_cast<double>(sp);
+      coef[b * K + k] = -sg;
       if (l2 != 0.0) neg_sq += static_cast<double>(sqnorm(vj, d));
     }
     double l = total / static_cast<double>(K);
@@ -52,6 +90,13 @@ void bpr_forward(const T* U, const T* V, const T* bias, std::int64_t d, const st
   }
 }
 
+// The thread that accumulates a row's gradient: a multiplicative hash of the row scaled to
+// [0, threads) (two multiplies; a modulo per row and per thread cost as much as the arithmetic).
+inline int row_owner(std::int64_t row, std::uint64_t threads) {
+  const std::uint64_t h = static_cast<std::uint32_t>(static_cast<std::uint64_t>(row) * 0x9E3779B97F4A7C15ull >> 32);
+  return static_cast<int>((h * threads) >> 32);
+}
+
 template <typename T>
 void bpr_backward(const T* U, const T* V, std::int64_t d, const std::int64_t* users, const std::int64_t* pos,
                   const std::int64_t* neg, std::int64_t B, std::int64_t K, const T* coef, const T* scale, double l2,
@@ -60,15 +105,35 @@ void bpr_backward(const T* U, const T* V, std::int64_t d, const std::int64_t* us
   const int threads = static_cast<int>(std::max<std::int64_t>(1, std::min<std::int64_t>(resolve_threads(num_threads), B)));
   const T invK = T(1) / static_cast<T>(K);
   const T l2t = static_cast<T>(l2);
+  const std::uint64_t nt = static_cast<std::uint64_t>(threads);
 #pragma omp parallel num_threads(threads)
   {
     const int tid = thread_id();
-    const int nt = threads;
     for (std::int64_t b = 0; b < B; ++b) {
-      const bool own_u = urow[b] % nt == tid;
-      const bool own_p = prow[b] % nt == tid;
-      bool own_n = false;
-      for (std::int64_t k = 0; k < K && !own_n; ++k) own_n = nrow[b * K + k] % nt == tid;
+      if (b + kAhead < B) {
+        // the gradient rows this thread owns, and the table rows they need
+        const std::int64_t a = b + kAhead;
+        const bool pu = threads == 1 || row_owner(urow[a], nt) == tid;
+        const bool pp = threads == 1 || row_owner(prow[a], nt) == tid;
+        bool any = pu || pp;
+        if (pu) prefetch_row(gU + urow[a] * d, d, true);
+        if (pp) prefetch_row(gV + prow[a] * d, d, true);
+        for (std::int64_t k = 0; k < K; ++k) {
+          if (threads == 1 || row_owner(nrow[a * K + k], nt) == tid) {
+            prefetch_row(gV + nrow[a * K + k] * d, d, true);
+            any = true;
+          }
+        }
+        if (any) {
+          prefetch_row(U + users[a] * d, d);
+          prefetch_row(V + pos[a] * d, d);
+          for (std::int64_t k = 0; k < K; ++k) prefetch_row(V + neg[a * K + k] * d, d);
+        }
+      }
+      const bool own_u = threads == 1 || row_owner(urow[b], nt) == tid;
+      const bool own_p = threads == 1 || row_owner(prow[b], nt) == tid;
+      bool own_n = threads == 1;
+      for (std::int64_t k = 0; k < K && !own_n; ++k) own_n = row_owner(nrow[b * K + k], nt) == tid;
       if (!own_u && !own_p && !own_n) continue;
       const T s = scale[b];
       const T* u = U + users[b] * d;
@@ -96,7 +161,7 @@ void bpr_backward(const T* U, const T* V, std::int64_t d, const std::int64_t* us
       }
       for (std::int64_t k = 0; k < K; ++k) {
         const std::int64_t r = nrow[b * K + k];
-        if (r % nt != tid) continue;
+        if (threads != 1 && row_owner(r, nt) != tid) continue;
         const T ck = s * coef[b * K + k] * invK;
         const T lk = s * l2t * invK;
         const T* vj = V + neg[b * K + k] * d;

@@ -81,7 +81,7 @@ void bpr_forward(const T* U, const T* V, const T* bias, std::int64_t d, const st
                  T* coef, int num_threads);
 
 // Accumulates scale[b] * d loss_b into gU[urow[b]], gV[prow[b]], gV[nrow[b*K+k]] (and gbias at the
-// same item rows when gbias is given). Rows are owned by thread (row % threads): each output row is
+// same item rows when gbias is given). Rows are owned by thread (a hash of the row): each output row is
 // accumulated by one thread in batch order, so repeated rows lose nothing and the result does not
 // depend on the thread count.
 template <typename T>
