@@ -529,25 +529,35 @@ int resolve_isa(int isa) {
   return isa < 0 ? kIsaPortable : isa;
 }
 
-// Runs [start, stop) on contiguous per-thread blocks; returns the summed loss.
+// Runs [start, stop) in blocks of kBlock consecutive positions that the threads take from a shared
+// counter (a thread that the OS preempts holds up the others by one block at most, not by its
+// whole share); returns the summed loss.
+constexpr std::int64_t kBlock = 4096;
+
 template <typename I, typename Src>
 double sgd_run(const SgdArgs<I>& a, const Src& src, std::int64_t start, std::int64_t stop, std::int64_t* count,
                std::int64_t* bad, int num_threads, int isa) {
   const std::int64_t n = stop - start;
-  const int threads = static_cast<int>(std::max<std::int64_t>(1, std::min<std::int64_t>(resolve_threads(num_threads), n)));
+  const int threads = static_cast<int>(
+      std::max<std::int64_t>(1, std::min<std::int64_t>(resolve_threads(num_threads), (n + kBlock - 1) / kBlock)));
   const int which = resolve_isa(isa);
   std::vector<double> losses(static_cast<std::size_t>(threads), 0.0);
   std::vector<std::int64_t> counts(static_cast<std::size_t>(threads), 0), bads(static_cast<std::size_t>(threads), stop);
+  std::atomic<std::int64_t> next{start};
 #pragma omp parallel num_threads(threads)
   {
     const int t = thread_id();
-    const std::int64_t lo = start + n * t / threads, hi = start + n * (t + 1) / threads;
-    if (which == kIsaAvx512) {
-      sgd_avx512(a, src, lo, hi, &losses[t], &counts[t], &bads[t]);
-    } else if (which == kIsaAvx2) {
-      sgd_avx2(a, src, lo, hi, &losses[t], &counts[t], &bads[t]);
-    } else {
-      sgd_portable(a, src, lo, hi, &losses[t], &counts[t], &bads[t]);
+    for (;;) {
+      const std::int64_t lo = next.fetch_add(kBlock, std::memory_order_relaxed);
+      if (lo >= stop) break;
+      const std::int64_t hi = std::min(lo + kBlock, stop);
+      if (which == kIsaAvx512) {
+        sgd_avx512(a, src, lo, hi, &losses[t], &counts[t], &bads[t]);
+      } else if (which == kIsaAvx2) {
+        sgd_avx2(a, src, lo, hi, &losses[t], &counts[t], &bads[t]);
+      } else {
+        sgd_portable(a, src, lo, hi, &losses[t], &counts[t], &bads[t]);
+      }
     }
   }
   double total = 0.0;

@@ -78,7 +78,7 @@ class BPRMF(Recommender):
         return self.user_emb.detach(), self.item_emb.detach(), b
 
     @torch.no_grad()
-    def fit_sgd(self, train: CSR, *, epochs: int = 10, lr: float = 0.05, batch_size: int = 262_144, seed: int = 0,
+    def fit_sgd(self, train: CSR, *, epochs: int = 10, lr: float = 0.05, batch_size: int = 1 << 20, seed: int = 0,
                 num_threads: int | None = None, shuffle: bool = True, verbose: bool = False) -> list[dict[str, Any]]:
         """The fused fast path: each epoch is a few ``ops.bpr_sgd_epoch`` calls (sample, score, update).
 

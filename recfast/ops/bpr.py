@@ -324,9 +324,10 @@ def bpr_sgd_epoch(
     never one of the user's items), and the update is ``bpr_sgd_step``'s. Splitting an epoch into
     calls on consecutive ``[start, stop)`` chunks with the same ``seed`` gives the same epoch.
 
-    Each thread takes one contiguous block of positions and updates rows Hogwild, as implicit does:
-    results are bit-reproducible with ``num_threads=1``; with more threads, concurrent updates of a
-    shared row may interleave, so the last bits vary between runs.
+    Threads take blocks of 4,096 consecutive positions from a shared counter and update rows
+    Hogwild, as implicit does: results are bit-reproducible with ``num_threads=1``; with more
+    threads, concurrent updates of a shared row may interleave and the blocks go to whichever thread
+    is free, so the last bits vary between runs.
 
     Returns ``(sum of the per-position losses, number of positions)``: their ratio is the mean BPR
     loss (without the ``l2`` term) before each position's update.

@@ -114,9 +114,9 @@ double bpr_sgd_step(float* U, float* V, float* bias, std::int64_t d, const offse
 // the row of entry e), with K negatives drawn as sample_negatives(csr, row_of[e], K, seed,
 // row_offset = p) draws them, and the update of bpr_sgd_step. epoch_order is the identity
 // (shuffle == false) or the FeistelPermutation(nnz, seed) above: a seeded permutation computed on
-// the fly, so no shuffled index array is built. Each thread takes one contiguous block of positions
-// (Hogwild, as bpr_sgd_step); a call for [a, b) followed by one for [b, c) equals one call for
-// [a, c) when num_threads == 1. Returns the sum over the trained positions of loss_b and writes
+// the fly, so no shuffled index array is built. Threads take blocks of 4096 consecutive positions
+// from a shared counter and update Hogwild (as bpr_sgd_step); a call for [a, b) followed by one for
+// [b, c) equals one call for [a, c) when num_threads == 1. Returns the sum over the trained positions of loss_b and writes
 // their number to *count; *bad receives the lowest position whose user has no negative (-1: none).
 template <typename I>
 double bpr_sgd_epoch(float* U, float* V, float* bias, std::int64_t d, const offset_t* indptr, const I* indices,
