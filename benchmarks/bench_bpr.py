@@ -2,10 +2,11 @@
 
 1. forward+backward of ``ops.bpr_loss`` vs torch (embedding gather, mul-sum, logsigmoid, autograd)
    at d in {32, 64, 128} and batch in {2,048, 65,536}, on Gowalla-sized tables;
-2. BPR-MF training, d = 64: recfast's fused ``BPRMF.fit_sgd`` vs implicit's
-   ``BayesianPersonalizedRanking`` (a bench extra) vs a plain torch loop (sparse embeddings +
-   SparseAdam), samples/s and Recall@20 / NDCG@20 on held-out data after a fixed epoch budget,
-   on the Gowalla-shaped synthetic set and on ../shared/data/ml-1m when present.
+2. BPR-MF training, d = 64: recfast's fused ``BPRMF.fit_sgd`` (``ops.bpr_sgd_epoch``) vs
+   implicit's ``BayesianPersonalizedRanking`` (a bench extra, given the same ``--threads``) vs a
+   plain torch loop (sparse embeddings + SparseAdam), samples/s and Recall@20 / NDCG@20 on
+   held-out data after a fixed epoch budget, on the Gowalla-shaped synthetic set and on
+   ../shared/data/ml-1m when present.
 
   python benchmarks/bench_bpr.py [--device cuda] [--quick] [--epochs 30]
 """
@@ -23,7 +24,18 @@ import recfast
 from _common import base_parser, print_table, record, sync, time_fn, write_results
 from recfast.ops.bpr import _bpr_loss_reference
 
-DATA = Path(os.environ.get("RECFAST_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+def _data_dir() -> Path:
+    """$RECFAST_DATA, else ../shared/data beside the checkout (or beside a worktree's parent)."""
+    if "RECFAST_DATA" in os.environ:
+        return Path(os.environ["RECFAST_DATA"])
+    here = Path(__file__).resolve()
+    for up in (2, 3):
+        if (here.parents[up] / "shared" / "data").is_dir():
+            return here.parents[up] / "shared" / "data"
+    return here.parents[2] / "shared" / "data"
+
+
+DATA = _data_dir()
 
 
 def bench_loss(args, records):
@@ -88,18 +100,20 @@ def bench_training(args, records):
     for name, train, test in _datasets(args):
         params = {"dataset": name, "n_users": train.n_rows, "n_items": train.n_cols, "nnz": train.nnz, "d": d,
                   "epochs": epochs}
+        params["threads"] = args.threads
         model = recfast.models.BPRMF(train.n_rows, train.n_cols, dim=d, l2=l2, init_std=0.01, seed=args.seed)
         t0 = time.perf_counter()
-        hist = model.fit_sgd(train, epochs=epochs, lr=lr, batch_size=65_536, seed=args.seed)
+        model.fit_sgd(train, epochs=epochs, lr=lr, seed=args.seed, num_threads=args.threads)
         rf_s = time.perf_counter() - t0
-        rf_rate = float(np.median([h["samples_per_s"] for h in hist]))
+        rf_rate = train.nnz * epochs / rf_s
         rf_q = _embeddings_metrics(train, test, model.user_emb.detach(), model.item_emb.detach())
         print(f"  [{name}] recfast fit_sgd: {rf_rate / 1e6:.2f} M samples/s, recall@20 {rf_q['recall@20']:.4f}")
         try:
             from implicit.cpu.bpr import BayesianPersonalizedRanking
 
+            # implicit adds a bias column (d factors in all); the same thread count as recfast
             imp = BayesianPersonalizedRanking(factors=d - 1, learning_rate=lr, regularization=l2, iterations=epochs,
-                                              random_state=args.seed)  # implicit adds a bias column: d factors
+                                              random_state=args.seed, num_threads=args.threads)
             ui = train.to_scipy().tocsr()
             t0 = time.perf_counter()
             imp.fit(ui, show_progress=False)
@@ -143,6 +157,8 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--l2", type=float, default=0.001)
     p.add_argument("--skip-training", action="store_true")
+    p.add_argument("--threads", type=int, default=recfast._C.max_threads(),
+                   help="threads for recfast's fit_sgd and implicit alike (default: OpenMP's)")
     args = p.parse_args()
     if args.quick:
         args.epochs = min(args.epochs, 3)

@@ -77,8 +77,15 @@ def bpr_sgd_step(
     user_emb: npt.NDArray[np.float32], item_emb: npt.NDArray[np.float32], item_bias: npt.NDArray[np.float32] | None,
     indptr: npt.NDArray[np.int64], indices: npt.NDArray[Any], users: npt.NDArray[np.int64],
     pos: npt.NDArray[np.int64], num_negatives: int, seed: int, row_offset: int, lr: float, l2: float,
-    num_threads: int,
+    num_threads: int, isa: int = -1,
 ) -> tuple[float, int]: ...
+def bpr_sgd_epoch(
+    user_emb: npt.NDArray[np.float32], item_emb: npt.NDArray[np.float32], item_bias: npt.NDArray[np.float32] | None,
+    indptr: npt.NDArray[np.int64], indices: npt.NDArray[Any], row_of: npt.NDArray[np.int32], start: int, stop: int,
+    shuffle: bool, num_negatives: int, seed: int, lr: float, l2: float, num_threads: int, isa: int = -1,
+) -> tuple[float, int, int]: ...
+def bpr_epoch_order(nnz: int, seed: int, start: int, stop: int) -> npt.NDArray[np.int64]: ...
+def bpr_sgd_isa() -> int: ...
 
 # --- optim ---
 def sparse_opt_step(

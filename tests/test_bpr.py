@@ -1,14 +1,47 @@
-"""bpr_loss and bpr_sgd_step against the plain torch reference."""
+"""bpr_loss, bpr_sgd_step and bpr_sgd_epoch against plain torch / numpy references."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 import recfast
-from recfast.ops import bpr_loss, bpr_sgd_step, sample_negatives
+from recfast.ops import bpr_loss, bpr_sgd_epoch, bpr_sgd_step, sample_negatives
 from recfast.ops.bpr import _bpr_loss_reference as _bpr_loss_ref
 from conftest import requires_cuda
+
+
+def _sgd_epoch_ref(U, V, bias, csr, start, stop, *, lr, l2, K, seed, shuffle=True):
+    """Sequential float64 SGD over positions [start, stop) of bpr_sgd_epoch's order: entry
+    order(p), negatives sample_negatives(..., row_offset=p), gradients of the per-example loss at
+    the current values, then the updates. Returns the summed loss."""
+    from recfast import _C
+
+    U, V = U.numpy(), V.numpy()
+    b = None if bias is None else bias.numpy()
+    row_of = np.repeat(np.arange(csr.n_rows), csr.row_lengths().numpy())
+    cols = csr.indices.numpy()
+    order = _C.bpr_epoch_order(csr.nnz, seed, start, stop) if shuffle else np.arange(start, stop)
+    negs = sample_negatives(csr, torch.as_tensor(row_of[order]), K, seed=seed, row_offset=start).reshape(stop - start, K)
+    total = 0.0
+    for p, e in zip(range(start, stop), order):
+        u, i = int(row_of[e]), int(cols[e])
+        js = negs[p - start].numpy()
+        uu, vi = U[u].copy(), V[i].copy()
+        x = [uu @ vi + (b[i] if b is not None else 0) - uu @ V[j] - (b[j] if b is not None else 0) for j in js]
+        c = [-1.0 / (1.0 + np.exp(xk)) / K for xk in x]  # d loss_b / d x_k = -sigmoid(-x_k) / K
+        total += sum(np.logaddexp(0.0, -xk) for xk in x) / K
+        gu = sum(c) * vi - sum(ck * V[j] for ck, j in zip(c, js)) + l2 * uu
+        for ck, j in zip(c, js):
+            V[j] -= lr * (-ck * uu + l2 / K * V[j])
+            if b is not None:
+                b[j] -= lr * -ck
+        V[i] -= lr * (sum(c) * uu + l2 * vi)
+        if b is not None:
+            b[i] -= lr * sum(c)
+        U[u] -= lr * gu
+    return total
 
 
 def _inputs(n_users=30, n_items=25, d=8, B=40, K=None, dtype=torch.float64, device="cpu", seed=0, idx=torch.int64):
@@ -205,3 +238,163 @@ def test_cuda_matches_cpu_on_a_side_stream() -> None:
     for a, w in zip(gg, wg):
         torch.testing.assert_close(a.cpu(), w, rtol=1e-4, atol=1e-5)
     assert all(torch.isfinite(x).all() for x in gs)
+
+
+# ---------------------------------------------------------------------------------------------
+# bpr_sgd_epoch
+# ---------------------------------------------------------------------------------------------
+
+def _sgd_tables(csr, d, seed=0, bias=True):
+    g = torch.Generator().manual_seed(seed)
+    U = torch.randn(csr.n_rows, d, generator=g) * 0.3
+    V = torch.randn(csr.n_cols, d, generator=g) * 0.3
+    b = torch.randn(csr.n_cols, generator=g) * 0.1 if bias else None
+    return U, V, b
+
+
+@pytest.mark.parametrize(("d", "K", "shuffle", "idx"), [
+    (64, 1, True, torch.int32), (64, 3, False, torch.int64), (20, 1, True, torch.int64), (20, 3, True, torch.int32),
+    (32, 1, False, torch.int32), (128, 2, True, torch.int64)])
+def test_sgd_epoch_matches_numpy_reference(d, K, shuffle, idx) -> None:
+    csr = recfast.data.synthetic(30, 45, 300, seed=3).to_csr()
+    csr = recfast.CSR(csr.indptr, csr.indices.to(idx), csr.shape)
+    U, V, b = _sgd_tables(csr, d)
+    wantU, wantV, wantb = U.double(), V.double(), b.double()
+    want = _sgd_epoch_ref(wantU, wantV, wantb, csr, 7, 260, lr=0.1, l2=0.02, K=K, seed=5, shuffle=shuffle)
+    total, n = bpr_sgd_epoch(U, V, csr, lr=0.1, l2=0.02, num_negatives=K, seed=5, item_bias=b, start=7, stop=260,
+                             shuffle=shuffle, num_threads=1)
+    assert n == 253
+    assert total == pytest.approx(want, rel=1e-4)
+    torch.testing.assert_close(U, wantU.float(), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(V, wantV.float(), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(b, wantb.float(), rtol=1e-4, atol=1e-5)
+
+
+def test_sgd_epoch_one_step_gradient() -> None:
+    """A single position: the update is exactly -lr times the autograd gradient of bpr_loss's
+    per-example loss (with its l2 term) at that position's triple."""
+    csr = recfast.data.synthetic(20, 30, 200, seed=4).to_csr()
+    U, V, b = _sgd_tables(csr, 16)
+    p = 37
+    e = int(recfast._C.bpr_epoch_order(csr.nnz, 9, p, p + 1)[0])
+    u = int(torch.repeat_interleave(torch.arange(20), csr.row_lengths())[e])
+    i = int(csr.indices[e])
+    j = sample_negatives(csr, torch.tensor([u]), 2, seed=9, row_offset=p)
+    Ut, Vt, bt = (x.clone().requires_grad_() for x in (U, V, b))
+    loss = _bpr_loss_ref(Ut, Vt, torch.tensor([u]), torch.tensor([i]), j, item_bias=bt, l2=0.1, reduction="sum")
+    gU, gV, gb = torch.autograd.grad(loss, (Ut, Vt, bt))
+    U1, V1, b1 = U.clone(), V.clone(), b.clone()
+    total, n = bpr_sgd_epoch(U1, V1, csr, lr=0.5, l2=0.1, num_negatives=2, seed=9, item_bias=b1, start=p, stop=p + 1)
+    assert n == 1
+    plain = _bpr_loss_ref(U, V, torch.tensor([u]), torch.tensor([i]), j, item_bias=b, reduction="sum").item()
+    assert total == pytest.approx(plain, rel=1e-5)
+    torch.testing.assert_close(U1, U - 0.5 * gU, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(V1, V - 0.5 * gV, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(b1, b - 0.5 * gb, rtol=1e-5, atol=1e-6)
+
+
+def test_sgd_epoch_order_is_a_seeded_permutation() -> None:
+    from recfast import _C
+
+    for n in (1, 2, 3, 5, 64, 1000, 4097):
+        for seed in (0, 1, 2**63 + 5):
+            order = _C.bpr_epoch_order(n, seed, 0, n)
+            assert np.array_equal(np.sort(order), np.arange(n))
+    a, b = _C.bpr_epoch_order(4097, 0, 0, 4097), _C.bpr_epoch_order(4097, 1, 0, 4097)
+    assert not np.array_equal(a, b) and not np.array_equal(a, np.arange(4097))
+    assert np.array_equal(_C.bpr_epoch_order(4097, 0, 100, 300), a[100:300])
+
+
+def test_sgd_epoch_negatives_are_never_positives() -> None:
+    """Item rows start at zero and l2 = 0, so one position changes exactly its positive's row and
+    its negatives' rows; user 0 has all items but one, which must then be its only negative."""
+    rows = [list(range(1, 12))] + [[1, 4, 5], [0, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11], [7]]
+    indptr = torch.tensor(np.cumsum([0] + [len(r) for r in rows]))
+    csr = recfast.CSR(indptr, torch.tensor(sum(rows, []), dtype=torch.int32), (4, 12))
+    order = recfast._C.bpr_epoch_order(csr.nnz, 3, 0, csr.nnz)
+    row_of = np.repeat(np.arange(4), [len(r) for r in rows])
+    for p in range(csr.nnz):
+        U, V = torch.ones(4, 8), torch.zeros(12, 8)
+        bpr_sgd_epoch(U, V, csr, lr=0.1, num_negatives=3, seed=3, start=p, stop=p + 1, num_threads=1)
+        touched = set(torch.nonzero(V.abs().sum(1)).reshape(-1).tolist())
+        u, i = int(row_of[order[p]]), int(csr.indices[order[p]])
+        negatives = touched - {i}
+        assert i in touched and negatives and not negatives & set(rows[u])
+        if u == 0:
+            assert negatives == {0}
+        if u == 2:
+            assert negatives == {1}
+
+
+def test_sgd_epoch_is_deterministic_with_one_thread_and_chunks_compose() -> None:
+    csr = recfast.data.synthetic(100, 80, 3000, seed=6).to_csr()
+    outs = []
+    for chunks in ([0, csr.nnz], [0, 1000, 1001, 2500, csr.nnz]):
+        U, V, b = _sgd_tables(csr, 64)
+        total = 0.0
+        for lo, hi in zip(chunks[:-1], chunks[1:]):
+            total += bpr_sgd_epoch(U, V, csr, lr=0.05, l2=0.01, seed=2, item_bias=b, start=lo, stop=hi,
+                                   num_threads=1)[0]
+        outs.append((U, V, b, total))
+    (U0, V0, b0, t0), (U1, V1, b1, t1) = outs
+    assert torch.equal(U0, U1) and torch.equal(V0, V1) and torch.equal(b0, b1)
+    assert t0 == pytest.approx(t1, rel=1e-12)
+
+
+@pytest.mark.parametrize("d", [64, 37])
+def test_sgd_variants_are_bit_identical(d) -> None:
+    """The portable, AVX2 and AVX-512 variants (those this CPU runs) give the same bits."""
+    from recfast import _C
+    from recfast.ops.bpr import _row_of
+
+    csr = recfast.data.synthetic(60, 50, 1500, seed=8).to_csr()
+    results = []
+    for isa in range(_C.bpr_sgd_isa() + 1):
+        U, V, b = _sgd_tables(csr, d)
+        out = _C.bpr_sgd_epoch(U.numpy(), V.numpy(), b.numpy(), csr.indptr.numpy(), csr.indices.numpy(),
+                               _row_of(csr).numpy(), 0, csr.nnz, True, 2, 4, 0.05, 0.01, 1, isa)
+        results.append((U, V, b, out))
+    for U, V, b, out in results[1:]:
+        assert torch.equal(U, results[0][0]) and torch.equal(V, results[0][1]) and torch.equal(b, results[0][2])
+        assert out == results[0][3]
+
+
+def test_sgd_epoch_threads_learn() -> None:
+    csr = recfast.data.synthetic(300, 200, 8000, seed=7).to_csr()
+    U, V, _ = _sgd_tables(csr, 32, bias=False)
+    U.mul_(0.1), V.mul_(0.1)
+    losses = [bpr_sgd_epoch(U, V, csr, lr=0.05, seed=e, num_threads=2) for e in range(10)]
+    means = [t / n for t, n in losses]
+    assert all(n == csr.nnz for _, n in losses)
+    assert torch.isfinite(U).all() and torch.isfinite(V).all()
+    assert means[-1] < means[0] - 0.05
+
+
+def test_sgd_epoch_errors_name_the_argument() -> None:
+    csr = recfast.data.synthetic(10, 8, 40, seed=0).to_csr()
+    U, V = torch.zeros(10, 4), torch.zeros(8, 4)
+    with pytest.raises(ValueError, match="start and stop must satisfy"):
+        bpr_sgd_epoch(U, V, csr, lr=0.1, seed=0, start=5, stop=csr.nnz + 1)
+    with pytest.raises(ValueError, match="start and stop must satisfy"):
+        bpr_sgd_epoch(U, V, csr, lr=0.1, seed=0, start=-1)
+    with pytest.raises(TypeError, match="start must be an int"):
+        bpr_sgd_epoch(U, V, csr, lr=0.1, seed=0, start=1.5)
+    with pytest.raises(ValueError, match="lr must be a positive number"):
+        bpr_sgd_epoch(U, V, csr, lr=0.0, seed=0)
+    with pytest.raises(ValueError, match="l2 must be a non-negative number"):
+        bpr_sgd_epoch(U, V, csr, lr=0.1, l2=-1.0, seed=0)
+    with pytest.raises(ValueError, match="num_negatives must be a positive int"):
+        bpr_sgd_epoch(U, V, csr, lr=0.1, seed=0, num_negatives=0)
+    with pytest.raises(ValueError, match="num_threads must be a positive int"):
+        bpr_sgd_epoch(U, V, csr, lr=0.1, seed=0, num_threads=0)
+    with pytest.raises(ValueError, match="csr has shape"):
+        bpr_sgd_epoch(U, torch.zeros(9, 4), csr, lr=0.1, seed=0)
+    with pytest.raises(ValueError, match="item_bias has 3 entries"):
+        bpr_sgd_epoch(U, V, csr, lr=0.1, seed=0, item_bias=torch.zeros(3))
+    with pytest.raises(TypeError, match="item_emb must be a float32"):
+        bpr_sgd_epoch(U, V.double(), csr, lr=0.1, seed=0)
+    with pytest.raises(TypeError, match="csr must be a recfast.CSR"):
+        bpr_sgd_epoch(U, V, csr.to_scipy(), lr=0.1, seed=0)
+    full = recfast.CSR(torch.tensor([0, 0, 2]), torch.tensor([0, 1], dtype=torch.int32), (2, 2))
+    with pytest.raises(ValueError, match="user 1 has no negative item left"):
+        bpr_sgd_epoch(torch.zeros(2, 4), torch.zeros(2, 4), full, lr=0.1, seed=0)

@@ -24,7 +24,37 @@ inline T sqnorm(const T* a, std::int64_t d) {
   return dot(a, a, d);
 }
 
+// Rows are gathered at random: each loop prefetches the rows of example b + kAhead, so that their
+// cache misses overlap the arithmetic of the examples in between.
+constexpr std::int64_t kAhead = 8;
+
+template <typename T>
+inline void prefetch_row(const T* p, std::int64_t d, bool write = false) {
+  const std::int64_t bytes = d * static_cast<std::int64_t>(sizeof(T));
+  for (std::int64_t o = 0; o < bytes; o += 64) {
+    if (write) {
+      __builtin_prefetch(reinterpret_cast<const char*>(p) + o, 1, 3);
+    } else {
+      __builtin_prefetch(reinterpret_cast<const char*>(p) + o, 0, 3);
+    }
+  }
+}
+
 }  // namespace
+
+// softplus(-x) and sigmoid(-x) from one exponential e = exp(-|x|): softplus(-x) = max(-x, 0) +
+// log1p(e), sigmoid(-x) = e / (1 + e) for x >= 0 and 1 / (1 + e) otherwise. float for float
+// tables (single-precision libm: the double versions cost as much as the rest of the forward).
+inline void neg_logsigmoid(float x, float* sp, float* sg) {
+  const float e = std::exp(-std::fabs(x));
+  *sp = (x < 0.0f ? -x : 0.0f) + std::log1p(e);
+  *sg = x >= 0.0f ? e / (1.0f + e) : 1.0f / (1.0f + e);
+}
+inline void neg_logsigmoid(double x, double* sp, double* sg) {
+  const double e = std::exp(-std::fabs(x));
+  *sp = (x < 0.0 ? -x : 0.0) + std::log1p(e);
+  *sg = x >= 0.0 ? e / (1.0 + e) : 1.0 / (1.0 + e);
+}
 
 template <typename T>
 void bpr_forward(const T* U, const T* V, const T* bias, std::int64_t d, const std::int64_t* users,
@@ -32,16 +62,24 @@ void bpr_forward(const T* U, const T* V, const T* bias, std::int64_t d, const st
                  T* coef, int num_threads) {
 #pragma omp parallel for schedule(static) num_threads(resolve_threads(num_threads))
   for (std::int64_t b = 0; b < B; ++b) {
+    if (b + kAhead < B) {
+      const std::int64_t a = b + kAhead;
+      prefetch_row(U + users[a] * d, d);
+      prefetch_row(V + pos[a] * d, d);
+      for (std::int64_t k = 0; k < K; ++k) prefetch_row(V + neg[a * K + k] * d, d);
+    }
     const T* u = U + users[b] * d;
     const T* vi = V + pos[b] * d;
-    const double ui = static_cast<double>(dot(u, vi, d)) + (bias ? static_cast<double>(bias[pos[b]]) : 0.0);
+    const T ui = dot(u, vi, d) + (bias ? bias[pos[b]] : T(0));
     double total = 0.0, neg_sq = 0.0;
     for (std::int64_t k = 0; k < K; ++k) {
       const std::int64_t j = neg[b * K + k];
       const T* vj = V + j * d;
-      const double x = ui - static_cast<double>(dot(u, vj, d)) - (bias ? static_cast<double>(bias[j]) : 0.0);
-      total += softplus(-x);
-      coef[b * K + k] = static_cast<T>(-sigmoid(-x));
+      const T x = ui - (dot(u, vj, d) + (bias ? bias[j] : T(0)));
+      T sp, sg;
+      neg_logsigmoid(x, &sp, &sg);
+      total += static_cast<double>(sp);
+      coef[b * K + k] = -sg;
       if (l2 != 0.0) neg_sq += static_cast<double>(sqnorm(vj, d));
     }
     double l = total / static_cast<double>(K);
@@ -52,6 +90,13 @@ void bpr_forward(const T* U, const T* V, const T* bias, std::int64_t d, const st
   }
 }
 
+// The thread that accumulates a row's gradient: a multiplicative hash of the row scaled to
+// [0, threads) (two multiplies; a modulo per row and per thread cost as much as the arithmetic).
+inline int row_owner(std::int64_t row, std::uint64_t threads) {
+  const std::uint64_t h = static_cast<std::uint32_t>(static_cast<std::uint64_t>(row) * 0x9E3779B97F4A7C15ull >> 32);
+  return static_cast<int>((h * threads) >> 32);
+}
+
 template <typename T>
 void bpr_backward(const T* U, const T* V, std::int64_t d, const std::int64_t* users, const std::int64_t* pos,
                   const std::int64_t* neg, std::int64_t B, std::int64_t K, const T* coef, const T* scale, double l2,
@@ -60,15 +105,35 @@ void bpr_backward(const T* U, const T* V, std::int64_t d, const std::int64_t* us
   const int threads = static_cast<int>(std::max<std::int64_t>(1, std::min<std::int64_t>(resolve_threads(num_threads), B)));
   const T invK = T(1) / static_cast<T>(K);
   const T l2t = static_cast<T>(l2);
+  const std::uint64_t nt = static_cast<std::uint64_t>(threads);
 #pragma omp parallel num_threads(threads)
   {
     const int tid = thread_id();
-    const int nt = threads;
     for (std::int64_t b = 0; b < B; ++b) {
-      const bool own_u = urow[b] % nt == tid;
-      const bool own_p = prow[b] % nt == tid;
-      bool own_n = false;
-      for (std::int64_t k = 0; k < K && !own_n; ++k) own_n = nrow[b * K + k] % nt == tid;
+      if (b + kAhead < B) {
+        // the gradient rows this thread owns, and the table rows they need
+        const std::int64_t a = b + kAhead;
+        const bool pu = threads == 1 || row_owner(urow[a], nt) == tid;
+        const bool pp = threads == 1 || row_owner(prow[a], nt) == tid;
+        bool any = pu || pp;
+        if (pu) prefetch_row(gU + urow[a] * d, d, true);
+        if (pp) prefetch_row(gV + prow[a] * d, d, true);
+        for (std::int64_t k = 0; k < K; ++k) {
+          if (threads == 1 || row_owner(nrow[a * K + k], nt) == tid) {
+            prefetch_row(gV + nrow[a * K + k] * d, d, true);
+            any = true;
+          }
+        }
+        if (any) {
+          prefetch_row(U + users[a] * d, d);
+          prefetch_row(V + pos[a] * d, d);
+          for (std::int64_t k = 0; k < K; ++k) prefetch_row(V + neg[a * K + k] * d, d);
+        }
+      }
+      const bool own_u = threads == 1 || row_owner(urow[b], nt) == tid;
+      const bool own_p = threads == 1 || row_owner(prow[b], nt) == tid;
+      bool own_n = threads == 1;
+      for (std::int64_t k = 0; k < K && !own_n; ++k) own_n = row_owner(nrow[b * K + k], nt) == tid;
       if (!own_u && !own_p && !own_n) continue;
       const T s = scale[b];
       const T* u = U + users[b] * d;
@@ -96,7 +161,7 @@ void bpr_backward(const T* U, const T* V, std::int64_t d, const std::int64_t* us
       }
       for (std::int64_t k = 0; k < K; ++k) {
         const std::int64_t r = nrow[b * K + k];
-        if (r % nt != tid) continue;
+        if (threads != 1 && row_owner(r, nt) != tid) continue;
         const T ck = s * coef[b * K + k] * invK;
         const T lk = s * l2t * invK;
         const T* vj = V + neg[b * K + k] * d;
@@ -109,105 +174,447 @@ void bpr_backward(const T* U, const T* V, std::int64_t d, const std::int64_t* us
   }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Fused SGD (bpr_sgd_step, bpr_sgd_epoch)
+//
+// One body, written on 16-float vectors (GCC vector extensions) with explicit fused multiply-adds,
+// is inlined into three wrappers compiled for different instruction sets and picked at run time:
+// portable x86-64, AVX2+FMA, AVX-512. GCC contracts a * b + c only where the target has FMA, so the
+// body never writes a * b + c: every multiply-add is an explicit fma, and the other products feed
+// no addition, hence the variants round identically. Within a variant, fixed-width copies for
+// d = 32, 64, 128 keep the three rows in registers; other widths run the generic loop (with a
+// zero-padded tail, which adds exact zeros).
+//
+// Per thread, the positions run through a software pipeline so that the memory accesses of a
+// position are issued several positions before its arithmetic:
+//   stage A (p + kLagA): entry e = order(p); prefetch its user and item ids;
+//   stage B (p + kLagB): read them, the user's row extent and the K negative ranks; prefetch the
+//                        user's and the positive's embedding rows and the first levels of the
+//                        binary search in the user's row;
+//   stage C (p + kLagC): map each rank to its item (kth_unseen); prefetch the negatives' rows;
+//   stage D (p):         score and update.
+// ---------------------------------------------------------------------------------------------
+
 namespace {
 
-// The step's body, inlined into a baseline and an AVX2+FMA copy (picked at run time): the dot
-// products and row updates are most of the arithmetic.
-template <typename I>
-__attribute__((always_inline)) inline double sgd_body(float* U, float* V, float* bias, std::int64_t d,
-                                                      const offset_t* indptr, const I* indices, std::int64_t n_items,
-                                                      const std::int64_t* users, const std::int64_t* pos,
-                                                      std::int64_t B, std::int64_t K, std::uint64_t seed,
-                                                      std::int64_t row_offset, double lr, double l2,
-                                                      std::int64_t* bad, int num_threads) {
-  double total = 0.0;
-  std::atomic<std::int64_t> first_bad{B};
-  const float lrf = static_cast<float>(lr), l2f = static_cast<float>(l2), invK = 1.0f / static_cast<float>(K);
-#pragma omp parallel num_threads(resolve_threads(num_threads)) reduction(+ : total)
-  {
-    std::vector<float> gu(d);
-    std::vector<std::int64_t> negs(K);
-    std::vector<float> coefs(K);
-#pragma omp for schedule(static)
-    for (std::int64_t b = 0; b < B; ++b) {
-      const std::int64_t uid = users[b];
-      const offset_t start = indptr[uid];
-      const std::int64_t deg = indptr[uid + 1] - start;
-      if (n_items - deg < 1) {
-        std::int64_t cur = first_bad.load();
-        while (b < cur && !first_bad.compare_exchange_weak(cur, b)) {
-        }
-        continue;
-      }
-      const std::uint64_t key = rng_key(seed, static_cast<std::uint64_t>(row_offset + b));
-      float* u = U + uid * d;
-      float* vi = V + pos[b] * d;
-      const float ui = dot(u, vi, d) + (bias ? bias[pos[b]] : 0.0f);
-      float csum = 0.0f;
-      for (std::int64_t k = 0; k < K; ++k) {
-        const std::int64_t j = uniform_negative(key, static_cast<std::uint64_t>(k), indices + start, deg, n_items);
-        negs[k] = j;
-        const float x = ui - dot(u, V + j * d, d) - (bias ? bias[j] : 0.0f);
-        total += softplus(-static_cast<double>(x)) / static_cast<double>(K);
-        coefs[k] = static_cast<float>(-sigmoid(-static_cast<double>(x))) * invK;
-        csum += coefs[k];
-      }
-      // gradients from the current values, then the updates
-      for (std::int64_t t = 0; t < d; ++t) gu[t] = csum * vi[t] + l2f * u[t];
-      for (std::int64_t k = 0; k < K; ++k) {
-        const float* vj = V + negs[k] * d;
-#pragma omp simd
-        for (std::int64_t t = 0; t < d; ++t) gu[t] -= coefs[k] * vj[t];
-      }
-      for (std::int64_t k = 0; k < K; ++k) {
-        float* vj = V + negs[k] * d;
-        const float c = coefs[k];
-#pragma omp simd
-        for (std::int64_t t = 0; t < d; ++t) vj[t] -= lrf * (-c * u[t] + l2f * invK * vj[t]);
-        if (bias) bias[negs[k]] -= lrf * (-c);
-      }
-#pragma omp simd
-      for (std::int64_t t = 0; t < d; ++t) vi[t] -= lrf * (csum * u[t] + l2f * vi[t]);
-      if (bias) bias[pos[b]] -= lrf * csum;
-#pragma omp simd
-      for (std::int64_t t = 0; t < d; ++t) u[t] -= lrf * gu[t];
+// The vector helpers are always inlined, so no vector crosses a call boundary (GCC warns that
+// 64-byte vectors change the ABI where AVX-512 is off; no call passes one).
+#pragma GCC diagnostic ignored "-Wpsabi"
+
+#define RF_INLINE __attribute__((always_inline)) inline
+
+typedef float vf16 __attribute__((vector_size(64)));
+typedef float vf16u __attribute__((vector_size(64), aligned(4), may_alias));
+typedef std::int32_t vi16 __attribute__((vector_size(64)));
+
+RF_INLINE vf16 vload(const float* p) { return *reinterpret_cast<const vf16u*>(p); }
+RF_INLINE void vstore(float* p, vf16 v) { *reinterpret_cast<vf16u*>(p) = v; }
+RF_INLINE vf16 vset(float x) { return vf16{} + x; }
+
+// Lanes [0, n) of p, zeros after (n < 16).
+RF_INLINE vf16 vload_tail(const float* p, int n) {
+  vf16 v = {};
+  for (int l = 0; l < n; ++l) v[l] = p[l];
+  return v;
+}
+RF_INLINE void vstore_tail(float* p, vf16 v, int n) {
+  for (int l = 0; l < n; ++l) p[l] = v[l];
+}
+
+// a * b + c, rounded once, lane by lane (vfmadd where the target has FMA; fmaf from libm otherwise).
+RF_INLINE vf16 vfma(vf16 a, vf16 b, vf16 c) {
+  vf16 r;
+  for (int l = 0; l < 16; ++l) r[l] = __builtin_fmaf(a[l], b[l], c[l]);
+  return r;
+}
+
+// Sum of the 16 lanes by halving: (0..7)+(8..15), then 4, 2, 1.
+RF_INLINE float vsum(vf16 v) {
+  typedef float vf8 __attribute__((vector_size(32)));
+  typedef float vf4 __attribute__((vector_size(16)));
+  vf8 lo8, hi8;
+  __builtin_memcpy(&lo8, &v, 32);
+  __builtin_memcpy(&hi8, reinterpret_cast<const char*>(&v) + 32, 32);
+  const vf8 s8 = lo8 + hi8;
+  vf4 lo4, hi4;
+  __builtin_memcpy(&lo4, &s8, 16);
+  __builtin_memcpy(&hi4, reinterpret_cast<const char*>(&s8) + 16, 16);
+  const vf4 s4 = lo4 + hi4;
+  const float s2a = s4[0] + s4[2], s2b = s4[1] + s4[3];
+  return s2a + s2b;
+}
+
+// Row of D floats (D == 0: d floats, runtime) as 16-lane chunks.
+template <int D>
+struct Row {
+  static constexpr int kFixed = D / 16;
+  std::int64_t d;
+  RF_INLINE int chunks() const { return D ? kFixed : static_cast<int>((d + 15) / 16); }
+  RF_INLINE vf16 load(const float* p, int c) const {
+    if (D) return vload(p + 16 * c);
+    const std::int64_t left = d - 16 * static_cast<std::int64_t>(c);
+    return left >= 16 ? vload(p + 16 * c) : vload_tail(p + 16 * c, static_cast<int>(left));
+  }
+  RF_INLINE void store(float* p, int c, vf16 v) const {
+    if (D) return vstore(p + 16 * c, v);
+    const std::int64_t left = d - 16 * static_cast<std::int64_t>(c);
+    if (left >= 16) {
+      vstore(p + 16 * c, v);
+    } else {
+      vstore_tail(p + 16 * c, v, static_cast<int>(left));
     }
   }
-  const std::int64_t fb = first_bad.load();
-  *bad = fb == B ? -1 : fb;
-  return B ? total / static_cast<double>(B) : 0.0;
-}
+  // <a, b>: chunk c goes to accumulator c % 4, the accumulators are combined as (0 + 1) + (2 + 3),
+  // then the lanes by vsum. The first product of each accumulator is fma(a, b, 0), not a * b: a
+  // plain product feeding an addition could be contracted on FMA targets only.
+  RF_INLINE float dot(const float* a, const float* b) const {
+    const int n = chunks();
+    vf16 acc[4];
+    const int na = n < 4 ? n : 4;
+    for (int c = 0; c < na; ++c) acc[c] = vfma(load(a, c), load(b, c), vf16{});
+    for (int c = 4; c < n; ++c) acc[c & 3] = vfma(load(a, c), load(b, c), acc[c & 3]);
+    vf16 s;
+    if (na == 4) {
+      s = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+    } else if (na == 3) {
+      s = (acc[0] + acc[1]) + acc[2];
+    } else if (na == 2) {
+      s = acc[0] + acc[1];
+    } else if (na == 1) {
+      s = acc[0];
+    } else {
+      s = vf16{};
+    }
+    return vsum(s);
+  }
+  RF_INLINE void prefetch(const float* p, bool write) const {
+    const std::int64_t bytes = (D ? D : d) * static_cast<std::int64_t>(sizeof(float));
+    for (std::int64_t o = 0; o < bytes; o += 64) {
+      if (write) {
+        __builtin_prefetch(reinterpret_cast<const char*>(p) + o, 1, 3);
+      } else {
+        __builtin_prefetch(reinterpret_cast<const char*>(p) + o, 0, 3);
+      }
+    }
+  }
+};
+
+// Where position p's (user, positive) come from.
+struct ListSource {  // bpr_sgd_step: users[p - base], pos[p - base]
+  const std::int64_t* users;
+  const std::int64_t* pos;
+  std::int64_t base;
+  RF_INLINE std::int64_t entry(std::int64_t p) const { return p - base; }
+  RF_INLINE void prefetch(std::int64_t) const {}
+  RF_INLINE std::int64_t user(std::int64_t e) const { return users[e]; }
+  RF_INLINE std::int64_t item(std::int64_t e) const { return pos[e]; }
+};
 
 template <typename I>
-double sgd_base(float* U, float* V, float* bias, std::int64_t d, const offset_t* indptr, const I* indices,
-                std::int64_t n_items, const std::int64_t* users, const std::int64_t* pos, std::int64_t B,
-                std::int64_t K, std::uint64_t seed, std::int64_t row_offset, double lr, double l2, std::int64_t* bad,
-                int num_threads) {
-  return sgd_body(U, V, bias, d, indptr, indices, n_items, users, pos, B, K, seed, row_offset, lr, l2, bad,
-                  num_threads);
-}
+struct EpochSource {  // bpr_sgd_epoch: entry order(p) of the CSR
+  const std::int32_t* row_of;
+  const I* indices;
+  FeistelPermutation perm;
+  bool shuffle;
+  RF_INLINE std::int64_t entry(std::int64_t p) const {
+    return shuffle ? static_cast<std::int64_t>(perm(static_cast<std::uint64_t>(p))) : p;
+  }
+  RF_INLINE void prefetch(std::int64_t e) const {
+    __builtin_prefetch(row_of + e, 0, 3);
+    __builtin_prefetch(indices + e, 0, 3);
+  }
+  RF_INLINE std::int64_t user(std::int64_t e) const { return row_of[e]; }
+  RF_INLINE std::int64_t item(std::int64_t e) const { return static_cast<std::int64_t>(indices[e]); }
+};
 
 template <typename I>
-__attribute__((target("avx2,fma"))) double sgd_avx2(float* U, float* V, float* bias, std::int64_t d,
-                                                      const offset_t* indptr, const I* indices, std::int64_t n_items,
-                                                      const std::int64_t* users, const std::int64_t* pos,
-                                                      std::int64_t B, std::int64_t K, std::uint64_t seed,
-                                                      std::int64_t row_offset, double lr, double l2,
-                                                      std::int64_t* bad, int num_threads) {
-  return sgd_body(U, V, bias, d, indptr, indices, n_items, users, pos, B, K, seed, row_offset, lr, l2, bad,
-                  num_threads);
+struct SgdArgs {
+  float* U;
+  float* V;
+  float* bias;
+  std::int64_t d;
+  const offset_t* indptr;
+  const I* indices;
+  std::int64_t n_items;
+  std::int64_t K;
+  std::uint64_t seed;
+  float lr, l2;
+};
+
+constexpr int kRing = 32;  // power of two > kLagA
+constexpr int kLagA = 20, kLagB = 12, kLagC = 5;
+
+// Positions [lo, hi) on this thread. Adds the loss of the trained positions to *loss and their
+// number to *count; lowers *bad to a position whose user has no negative.
+template <int D, typename I, typename Src>
+RF_INLINE void sgd_range(const SgdArgs<I>& a, const Src& src, std::int64_t lo, std::int64_t hi, double* loss,
+                         std::int64_t* count, std::int64_t* bad) {
+  const Row<D> row{a.d};
+  const std::int64_t d = D ? D : a.d;
+  const std::int64_t K = a.K;
+  const float invK = 1.0f / static_cast<float>(K);
+  const float lr = a.lr, l2 = a.l2, l2K = a.l2 * invK;
+  const vf16 vlr = vset(-lr), vl2 = vset(l2), vl2K = vset(l2K);
+  std::int64_t ring_e[kRing], ring_u[kRing], ring_i[kRing], ring_start[kRing], ring_deg[kRing];
+  std::vector<std::int64_t> ring_r(static_cast<std::size_t>(kRing * K)), ring_j(static_cast<std::size_t>(kRing * K));
+  std::vector<float> coef(static_cast<std::size_t>(K));
+  std::vector<float> gbuf(D ? 0 : static_cast<std::size_t>(row.chunks()) * 16);
+  double total = 0.0;
+  std::int64_t done = 0;
+  for (std::int64_t p = lo - kLagA; p < hi; ++p) {
+    // stage A
+    if (const std::int64_t q = p + kLagA; q < hi) {
+      const std::int64_t e = src.entry(q);
+      ring_e[q & (kRing - 1)] = e;
+      src.prefetch(e);
+    }
+    // stage B
+    if (const std::int64_t q = p + kLagB; q >= lo && q < hi) {
+      const int s = static_cast<int>(q & (kRing - 1));
+      const std::int64_t e = ring_e[s];
+      const std::int64_t u = src.user(e), i = src.item(e);
+      const offset_t start = a.indptr[u];
+      const std::int64_t deg = a.indptr[u + 1] - start;
+      ring_u[s] = u;
+      ring_i[s] = i;
+      ring_start[s] = start;
+      ring_deg[s] = deg;
+      row.prefetch(a.U + u * d, true);
+      row.prefetch(a.V + i * d, true);
+      if (a.n_items - deg >= 1) {
+        const std::uint64_t key = rng_key(a.seed, static_cast<std::uint64_t>(q));
+        for (std::int64_t k = 0; k < K; ++k) {
+          ring_r[s * K + k] = static_cast<std::int64_t>(
+              rng_below(rng_bits(key, static_cast<std::uint64_t>(k)), static_cast<std::uint64_t>(a.n_items - deg)));
+        }
+        const I* r = a.indices + start;
+        if (deg * static_cast<std::int64_t>(sizeof(I)) <= 256) {
+          for (std::int64_t o = 0; o < deg * static_cast<std::int64_t>(sizeof(I)); o += 64) {
+            __builtin_prefetch(reinterpret_cast<const char*>(r) + o, 0, 3);
+          }
+        } else {
+          for (int t = 1; t < 8; ++t) __builtin_prefetch(r + (deg * t >> 3), 0, 3);
+        }
+      }
+    }
+    // stage C
+    if (const std::int64_t q = p + kLagC; q >= lo && q < hi) {
+      const int s = static_cast<int>(q & (kRing - 1));
+      const std::int64_t deg = ring_deg[s];
+      if (a.n_items - deg >= 1) {
+        const I* r = a.indices + ring_start[s];
+        for (std::int64_t k = 0; k < K; ++k) {
+          const std::int64_t j = kth_unseen(r, deg, ring_r[s * K + k]);
+          ring_j[s * K + k] = j;
+          row.prefetch(a.V + j * d, true);
+        }
+      }
+    }
+    // stage D
+    if (p < lo) continue;
+    const int s = static_cast<int>(p & (kRing - 1));
+    if (a.n_items - ring_deg[s] < 1) {
+      if (p < *bad) *bad = p;
+      continue;
+    }
+    float* u = a.U + ring_u[s] * d;
+    float* vi = a.V + ring_i[s] * d;
+    const std::int64_t* js = &ring_j[s * K];
+    const float ui = row.dot(u, vi) + (a.bias ? a.bias[ring_i[s]] : 0.0f);
+    float csum = 0.0f, lsum = 0.0f;
+    for (std::int64_t k = 0; k < K; ++k) {
+      const float x = ui - (row.dot(u, a.V + js[k] * d) + (a.bias ? a.bias[js[k]] : 0.0f));
+      // softplus(-x) = max(-x, 0) + log1p(e), sigmoid(-x) from the same e = exp(-|x|)
+      const float e = __builtin_expf(-__builtin_fabsf(x));
+      const float sig = x >= 0.0f ? e / (1.0f + e) : 1.0f / (1.0f + e);
+      lsum += (x < 0.0f ? -x : 0.0f) + __builtin_log1pf(e);
+      coef[k] = __builtin_fmaf(-sig, invK, 0.0f);  // not -sig * invK: csum's addition would contract it
+      csum += coef[k];
+    }
+    total += static_cast<double>(lsum * invK);
+    ++done;
+    const vf16 vcsum = vset(csum);
+    // the gradients from the current values, then the updates: negatives, positive, user
+    if (D) {
+      constexpr int NC = D ? D / 16 : 1;
+      vf16 gu[NC], uu[NC];
+      for (int c = 0; c < NC; ++c) {
+        uu[c] = row.load(u, c);
+        gu[c] = vfma(vcsum, row.load(vi, c), vl2 * uu[c]);
+      }
+      for (std::int64_t k = 0; k < K; ++k) {
+        const float* vj = a.V + js[k] * d;
+        const vf16 nc = vset(-coef[k]);
+        for (int c = 0; c < NC; ++c) gu[c] = vfma(nc, row.load(vj, c), gu[c]);
+      }
+      for (std::int64_t k = 0; k < K; ++k) {
+        float* vj = a.V + js[k] * d;
+        const vf16 nc = vset(-coef[k]);
+        for (int c = 0; c < NC; ++c) {
+          const vf16 x = row.load(vj, c);
+          row.store(vj, c, vfma(vlr, vfma(nc, uu[c], vl2K * x), x));
+        }
+        if (a.bias) a.bias[js[k]] = __builtin_fmaf(lr, coef[k], a.bias[js[k]]);
+      }
+      for (int c = 0; c < NC; ++c) {
+        const vf16 x = row.load(vi, c);
+        row.store(vi, c, vfma(vlr, vfma(vcsum, uu[c], vl2 * x), x));
+      }
+      for (int c = 0; c < NC; ++c) row.store(u, c, vfma(vlr, gu[c], uu[c]));
+    } else {
+      const int NC = row.chunks();
+      float* g = gbuf.data();
+      for (int c = 0; c < NC; ++c) vstore(g + 16 * c, vfma(vcsum, row.load(vi, c), vl2 * row.load(u, c)));
+      for (std::int64_t k = 0; k < K; ++k) {
+        const float* vj = a.V + js[k] * d;
+        const vf16 nc = vset(-coef[k]);
+        for (int c = 0; c < NC; ++c) vstore(g + 16 * c, vfma(nc, row.load(vj, c), vload(g + 16 * c)));
+      }
+      for (std::int64_t k = 0; k < K; ++k) {
+        float* vj = a.V + js[k] * d;
+        const vf16 nc = vset(-coef[k]);
+        for (int c = 0; c < NC; ++c) {
+          const vf16 x = row.load(vj, c);
+          row.store(vj, c, vfma(vlr, vfma(nc, row.load(u, c), vl2K * x), x));
+        }
+        if (a.bias) a.bias[js[k]] = __builtin_fmaf(lr, coef[k], a.bias[js[k]]);
+      }
+      for (int c = 0; c < NC; ++c) {
+        const vf16 x = row.load(vi, c);
+        row.store(vi, c, vfma(vlr, vfma(vcsum, row.load(u, c), vl2 * x), x));
+      }
+      for (int c = 0; c < NC; ++c) row.store(u, c, vfma(vlr, vload(g + 16 * c), row.load(u, c)));
+    }
+    if (a.bias) a.bias[ring_i[s]] = __builtin_fmaf(-lr, csum, a.bias[ring_i[s]]);
+  }
+  *loss += total;
+  *count += done;
+}
+
+template <typename I, typename Src>
+RF_INLINE void sgd_dispatch_d(const SgdArgs<I>& a, const Src& src, std::int64_t lo, std::int64_t hi, double* loss,
+                              std::int64_t* count, std::int64_t* bad) {
+  switch (a.d) {
+    case 32: return sgd_range<32>(a, src, lo, hi, loss, count, bad);
+    case 64: return sgd_range<64>(a, src, lo, hi, loss, count, bad);
+    case 128: return sgd_range<128>(a, src, lo, hi, loss, count, bad);
+    default: return sgd_range<0>(a, src, lo, hi, loss, count, bad);
+  }
+}
+
+template <typename I, typename Src>
+void sgd_portable(const SgdArgs<I>& a, const Src& src, std::int64_t lo, std::int64_t hi, double* loss,
+                  std::int64_t* count, std::int64_t* bad) {
+  sgd_dispatch_d(a, src, lo, hi, loss, count, bad);
+}
+
+template <typename I, typename Src>
+__attribute__((target("avx2,fma"))) void sgd_avx2(const SgdArgs<I>& a, const Src& src, std::int64_t lo,
+                                                    std::int64_t hi, double* loss, std::int64_t* count,
+                                                    std::int64_t* bad) {
+  sgd_dispatch_d(a, src, lo, hi, loss, count, bad);
+}
+
+template <typename I, typename Src>
+__attribute__((target("avx512f,avx512dq,avx512vl,avx2,fma"))) void sgd_avx512(const SgdArgs<I>& a, const Src& src,
+                                                                             std::int64_t lo, std::int64_t hi,
+                                                                             double* loss, std::int64_t* count,
+                                                                             std::int64_t* bad) {
+  sgd_dispatch_d(a, src, lo, hi, loss, count, bad);
+}
+
+int resolve_isa(int isa) {
+  const int best = sgd_isa_supported();
+  if (isa == kIsaAuto || isa > best) return best;
+  return isa < 0 ? kIsaPortable : isa;
+}
+
+// Runs [start, stop) in blocks of kBlock consecutive positions that the threads take from a shared
+// counter (a thread that the OS preempts holds up the others by one block at most, not by its
+// whole share); returns the summed loss.
+constexpr std::int64_t kBlock = 4096;
+
+template <typename I, typename Src>
+double sgd_run(const SgdArgs<I>& a, const Src& src, std::int64_t start, std::int64_t stop, std::int64_t* count,
+               std::int64_t* bad, int num_threads, int isa) {
+  const std::int64_t n = stop - start;
+  const int threads = static_cast<int>(
+      std::max<std::int64_t>(1, std::min<std::int64_t>(resolve_threads(num_threads), (n + kBlock - 1) / kBlock)));
+  const int which = resolve_isa(isa);
+  std::vector<double> losses(static_cast<std::size_t>(threads), 0.0);
+  std::vector<std::int64_t> counts(static_cast<std::size_t>(threads), 0), bads(static_cast<std::size_t>(threads), stop);
+  std::atomic<std::int64_t> next{start};
+#pragma omp parallel num_threads(threads)
+  {
+    const int t = thread_id();
+    for (;;) {
+      const std::int64_t lo = next.fetch_add(kBlock, std::memory_order_relaxed);
+      if (lo >= stop) break;
+      const std::int64_t hi = std::min(lo + kBlock, stop);
+      if (which == kIsaAvx512) {
+        sgd_avx512(a, src, lo, hi, &losses[t], &counts[t], &bads[t]);
+      } else if (which == kIsaAvx2) {
+        sgd_avx2(a, src, lo, hi, &losses[t], &counts[t], &bads[t]);
+      } else {
+        sgd_portable(a, src, lo, hi, &losses[t], &counts[t], &bads[t]);
+      }
+    }
+  }
+  double total = 0.0;
+  std::int64_t c = 0, b = stop;
+  for (int t = 0; t < threads; ++t) {
+    total += losses[t];
+    c += counts[t];
+    b = std::min(b, bads[t]);
+  }
+  *count = c;
+  *bad = b == stop ? -1 : b;
+  return total;
 }
 
 }  // namespace
+
+int sgd_isa_supported() {
+  static const int best = [] {
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+        __builtin_cpu_supports("avx512vl")) {
+      return static_cast<int>(kIsaAvx512);
+    }
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return static_cast<int>(kIsaAvx2);
+    return static_cast<int>(kIsaPortable);
+  }();
+  return best;
+}
 
 template <typename I>
 double bpr_sgd_step(float* U, float* V, float* bias, std::int64_t d, const offset_t* indptr, const I* indices,
                     std::int64_t n_items, const std::int64_t* users, const std::int64_t* pos, std::int64_t B,
                     std::int64_t K, std::uint64_t seed, std::int64_t row_offset, double lr, double l2,
-                    std::int64_t* bad, int num_threads) {
-  static const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return (avx2 ? sgd_avx2<I> : sgd_base<I>)(U, V, bias, d, indptr, indices, n_items, users, pos, B, K, seed,
-                                             row_offset, lr, l2, bad, num_threads);
+                    std::int64_t* bad, int num_threads, int isa) {
+  if (B <= 0) {
+    *bad = -1;
+    return 0.0;
+  }
+  const SgdArgs<I> a{U, V, bias, d, indptr, indices, n_items, K, seed, static_cast<float>(lr), static_cast<float>(l2)};
+  const ListSource src{users, pos, row_offset};
+  std::int64_t count = 0, bad_pos = -1;
+  const double total = sgd_run(a, src, row_offset, row_offset + B, &count, &bad_pos, num_threads, isa);
+  *bad = bad_pos < 0 ? -1 : bad_pos - row_offset;
+  return total / static_cast<double>(B);
+}
+
+template <typename I>
+double bpr_sgd_epoch(float* U, float* V, float* bias, std::int64_t d, const offset_t* indptr, const I* indices,
+                     std::int64_t n_items, const std::int32_t* row_of, std::int64_t nnz, std::int64_t start,
+                     std::int64_t stop, bool shuffle, std::int64_t K, std::uint64_t seed, double lr, double l2,
+                     std::int64_t* count, std::int64_t* bad, int num_threads, int isa) {
+  *count = 0;
+  *bad = -1;
+  if (stop <= start) return 0.0;
+  const SgdArgs<I> a{U, V, bias, d, indptr, indices, n_items, K, seed, static_cast<float>(lr), static_cast<float>(l2)};
+  const EpochSource<I> src{row_of, indices, FeistelPermutation(static_cast<std::uint64_t>(nnz), seed), shuffle};
+  return sgd_run(a, src, start, stop, count, bad, num_threads, isa);
 }
 
 #define RF_INSTANTIATE(T)                                                                                            \
@@ -219,13 +626,15 @@ double bpr_sgd_step(float* U, float* V, float* bias, std::int64_t d, const offse
 RF_INSTANTIATE(float)
 RF_INSTANTIATE(double)
 #undef RF_INSTANTIATE
-template double bpr_sgd_step<std::int32_t>(float*, float*, float*, std::int64_t, const offset_t*, const std::int32_t*,
-                                           std::int64_t, const std::int64_t*, const std::int64_t*, std::int64_t,
-                                           std::int64_t, std::uint64_t, std::int64_t, double, double, std::int64_t*,
-                                           int);
-template double bpr_sgd_step<std::int64_t>(float*, float*, float*, std::int64_t, const offset_t*, const std::int64_t*,
-                                           std::int64_t, const std::int64_t*, const std::int64_t*, std::int64_t,
-                                           std::int64_t, std::uint64_t, std::int64_t, double, double, std::int64_t*,
-                                           int);
+#define RF_INSTANTIATE_SGD(I)                                                                                     \
+  template double bpr_sgd_step<I>(float*, float*, float*, std::int64_t, const offset_t*, const I*, std::int64_t,     \
+                                  const std::int64_t*, const std::int64_t*, std::int64_t, std::int64_t,               \
+                                  std::uint64_t, std::int64_t, double, double, std::int64_t*, int, int);             \
+  template double bpr_sgd_epoch<I>(float*, float*, float*, std::int64_t, const offset_t*, const I*, std::int64_t,    \
+                                   const std::int32_t*, std::int64_t, std::int64_t, std::int64_t, bool, std::int64_t, \
+                                   std::uint64_t, double, double, std::int64_t*, std::int64_t*, int, int);
+RF_INSTANTIATE_SGD(std::int32_t)
+RF_INSTANTIATE_SGD(std::int64_t)
+#undef RF_INSTANTIATE_SGD
 
 }  // namespace recfast::cpu

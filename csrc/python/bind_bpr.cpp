@@ -1,4 +1,5 @@
 #include <optional>
+#include <string>
 
 #include "bindings.h"
 #include "recfast/bpr.h"
@@ -41,22 +42,79 @@ void backward(const carray<T>& U, const carray<T>& V, const carray<std::int64_t>
                                 gV.mutable_data(), gbias ? gbias->mutable_data() : nullptr, num_threads);
 }
 
+void check_sgd_tables(const carray<float>& U, const carray<float>& V, const std::optional<carray<float>>& bias,
+                      const carray<std::int64_t>& indptr, const char* op) {
+  rp::require(U.ndim() == 2 && V.ndim() == 2 && U.shape(1) == V.shape(1),
+              std::string(op) + ": user_emb and item_emb must be 2-D of equal width");
+  rp::require_size(indptr, U.shape(0) + 1, op, "indptr");
+  if (bias) rp::require_size(*bias, V.shape(0), op, "item_bias");
+}
+
 template <typename I>
 py::tuple sgd_step(carray<float>& U, carray<float>& V, std::optional<carray<float>>& bias,
                    const carray<std::int64_t>& indptr, const carray<I>& indices, const carray<std::int64_t>& users,
                    const carray<std::int64_t>& pos, std::int64_t K, std::uint64_t seed, std::int64_t row_offset,
-                   double lr, double l2, int num_threads) {
+                   double lr, double l2, int num_threads, int isa) {
+  check_sgd_tables(U, V, bias, indptr, "bpr_sgd_step");
   const std::int64_t B = users.size();
   rp::require_size(pos, B, "bpr_sgd_step", "pos_items");
+  rp::require(K >= 1, "bpr_sgd_step: num_negatives must be positive");
   std::int64_t bad = -1;
   double loss;
   {
     py::gil_scoped_release release;
     loss = recfast::cpu::bpr_sgd_step<I>(U.mutable_data(), V.mutable_data(), bias ? bias->mutable_data() : nullptr,
                                          U.shape(1), indptr.data(), indices.data(), V.shape(0), users.data(),
-                                         pos.data(), B, K, seed, row_offset, lr, l2, &bad, num_threads);
+                                         pos.data(), B, K, seed, row_offset, lr, l2, &bad, num_threads, isa);
   }
   return py::make_tuple(loss, bad);
+}
+
+template <typename I>
+py::tuple sgd_epoch(carray<float>& U, carray<float>& V, std::optional<carray<float>>& bias,
+                    const carray<std::int64_t>& indptr, const carray<I>& indices, const carray<std::int32_t>& row_of,
+                    std::int64_t start, std::int64_t stop, bool shuffle, std::int64_t K, std::uint64_t seed, double lr,
+                    double l2, int num_threads, int isa) {
+  const char* op = "bpr_sgd_epoch";
+  check_sgd_tables(U, V, bias, indptr, op);
+  const std::int64_t nnz = indices.size();
+  rp::require_size(row_of, nnz, op, "row_of");
+  rp::require(0 <= start && start <= stop && stop <= nnz,
+              "bpr_sgd_epoch: need 0 <= start <= stop <= nnz = " + std::to_string(nnz) + ", got start = " +
+                  std::to_string(start) + ", stop = " + std::to_string(stop));
+  rp::require(K >= 1, "bpr_sgd_epoch: num_negatives must be positive");
+  std::int64_t count = 0, bad = -1;
+  double loss;
+  {
+    py::gil_scoped_release release;
+    loss = recfast::cpu::bpr_sgd_epoch<I>(U.mutable_data(), V.mutable_data(), bias ? bias->mutable_data() : nullptr,
+                                          U.shape(1), indptr.data(), indices.data(), V.shape(0), row_of.data(), nnz,
+                                          start, stop, shuffle, K, seed, lr, l2, &count, &bad, num_threads, isa);
+  }
+  return py::make_tuple(loss, count, bad);
+}
+
+// The entries bpr_sgd_epoch visits at positions [start, stop) (for tests and debugging).
+carray<std::int64_t> epoch_order(std::int64_t nnz, std::uint64_t seed, std::int64_t start, std::int64_t stop) {
+  rp::require(0 <= start && start <= stop && stop <= nnz, "bpr_epoch_order: need 0 <= start <= stop <= nnz");
+  carray<std::int64_t> out(stop - start);
+  auto* o = out.mutable_data();
+  const recfast::FeistelPermutation perm(static_cast<std::uint64_t>(nnz), seed);
+  for (std::int64_t p = start; p < stop; ++p) o[p - start] = static_cast<std::int64_t>(perm(static_cast<std::uint64_t>(p)));
+  return out;
+}
+
+template <typename I>
+void bind_sgd(py::module_& m) {
+  m.def("bpr_sgd_step", &sgd_step<I>, py::arg("user_emb").noconvert(), py::arg("item_emb").noconvert(),
+        py::arg("item_bias").noconvert().none(true), py::arg("indptr").noconvert(), py::arg("indices").noconvert(),
+        py::arg("users").noconvert(), py::arg("pos").noconvert(), py::arg("num_negatives"), py::arg("seed"),
+        py::arg("row_offset"), py::arg("lr"), py::arg("l2"), py::arg("num_threads"), py::arg("isa") = -1);
+  m.def("bpr_sgd_epoch", &sgd_epoch<I>, py::arg("user_emb").noconvert(), py::arg("item_emb").noconvert(),
+        py::arg("item_bias").noconvert().none(true), py::arg("indptr").noconvert(), py::arg("indices").noconvert(),
+        py::arg("row_of").noconvert(), py::arg("start"), py::arg("stop"), py::arg("shuffle"),
+        py::arg("num_negatives"), py::arg("seed"), py::arg("lr"), py::arg("l2"), py::arg("num_threads"),
+        py::arg("isa") = -1);
 }
 
 template <typename T>
@@ -77,12 +135,8 @@ void bind_float(py::module_& m) {
 void bind_bpr(py::module_& m) {
   bind_float<float>(m);
   bind_float<double>(m);
-  m.def("bpr_sgd_step", &sgd_step<std::int32_t>, py::arg("user_emb").noconvert(), py::arg("item_emb").noconvert(),
-        py::arg("item_bias").noconvert().none(true), py::arg("indptr").noconvert(), py::arg("indices").noconvert(),
-        py::arg("users").noconvert(), py::arg("pos").noconvert(), py::arg("num_negatives"), py::arg("seed"),
-        py::arg("row_offset"), py::arg("lr"), py::arg("l2"), py::arg("num_threads"));
-  m.def("bpr_sgd_step", &sgd_step<std::int64_t>, py::arg("user_emb").noconvert(), py::arg("item_emb").noconvert(),
-        py::arg("item_bias").noconvert().none(true), py::arg("indptr").noconvert(), py::arg("indices").noconvert(),
-        py::arg("users").noconvert(), py::arg("pos").noconvert(), py::arg("num_negatives"), py::arg("seed"),
-        py::arg("row_offset"), py::arg("lr"), py::arg("l2"), py::arg("num_threads"));
+  bind_sgd<std::int32_t>(m);
+  bind_sgd<std::int64_t>(m);
+  m.def("bpr_epoch_order", &epoch_order, py::arg("nnz"), py::arg("seed"), py::arg("start"), py::arg("stop"));
+  m.def("bpr_sgd_isa", &recfast::cpu::sgd_isa_supported);
 }

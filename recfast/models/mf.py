@@ -23,9 +23,9 @@ class BPRMF(Recommender):
 
     * ``recfast.Trainer(model, train, ...)``: ``loss`` is ``ops.bpr_loss`` with row-sparse
       gradients, and the trainer gives the tables a row-sparse optimizer;
-    * ``model.fit_sgd(train, epochs=..., lr=...)``: the fused fast path, one
-      ``ops.bpr_sgd_step`` kernel call per batch that samples, scores and updates in place
-      (Hogwild on CPU, as implicit does).
+    * ``model.fit_sgd(train, epochs=..., lr=...)``: the fused fast path, ``ops.bpr_sgd_epoch``
+      kernel calls that shuffle, sample, score and update in place (Hogwild on CPU, as implicit
+      does; bit-reproducible with ``num_threads=1``).
 
     Parameters
     ----------
@@ -78,32 +78,39 @@ class BPRMF(Recommender):
         return self.user_emb.detach(), self.item_emb.detach(), b
 
     @torch.no_grad()
-    def fit_sgd(self, train: CSR, *, epochs: int = 10, lr: float = 0.05, batch_size: int = 65536, seed: int = 0,
-                num_threads: int | None = None, verbose: bool = False) -> list[dict[str, Any]]:
-        """The fused fast path: each batch is one ``ops.bpr_sgd_step`` call (sample, score, update).
+    def fit_sgd(self, train: CSR, *, epochs: int = 10, lr: float = 0.05, batch_size: int = 1 << 20, seed: int = 0,
+                num_threads: int | None = None, shuffle: bool = True, verbose: bool = False) -> list[dict[str, Any]]:
+        """The fused fast path: each epoch is a few ``ops.bpr_sgd_epoch`` calls (sample, score, update).
+
+        Every epoch visits each stored entry of ``train`` once, in a new seeded order (a Feistel
+        permutation computed inside the kernel), with exact negatives; ``batch_size`` positions go to
+        each kernel call (chunking does not change the result). Updates are Hogwild across threads
+        (as implicit's): bit-reproducible for a seed with ``num_threads=1``, not bitwise with more.
 
         Returns one record per epoch: mean loss, samples/s and seconds.
         """
-        from .. import data, ops
+        from .. import ops
+        from ..data.loaders import _epoch_seed
 
         self.prepare(train)
         if self.user_emb.device.type != "cpu":
             raise ValueError("BPRMF.fit_sgd: the fused step runs on CPU tables; on CUDA train with recfast.Trainer")
-        loader = data.PairwiseLoader(train, batch_size, self.num_negatives, seed=seed)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"BPRMF.fit_sgd: batch_size must be a positive int, got {batch_size!r}")
+        train = train.to("cpu")
+        bias = None if self.item_bias is None else self.item_bias.data
         history = []
         for epoch in range(int(epochs)):
-            loader.set_epoch(epoch)
-            neg_seed = loader.negative_seed()
+            epoch_seed = _epoch_seed(seed, epoch, 1)
             t0 = time.perf_counter()
             total, n = 0.0, 0
-            for position, users, pos in loader.positives():
-                # the loader's own negatives: same seed, same stream positions
-                loss = ops.bpr_sgd_step(self.user_emb.data, self.item_emb.data, train, users, pos, lr=lr, l2=self.l2,
-                                        num_negatives=self.num_negatives, seed=neg_seed, row_offset=position,
-                                        item_bias=None if self.item_bias is None else self.item_bias.data,
-                                        num_threads=num_threads)
-                total += loss * users.numel()
-                n += users.numel()
+            for start in range(0, train.nnz, batch_size):
+                t, c = ops.bpr_sgd_epoch(self.user_emb.data, self.item_emb.data, train, lr=lr, seed=epoch_seed,
+                                         l2=self.l2, num_negatives=self.num_negatives, item_bias=bias, start=start,
+                                         stop=min(start + batch_size, train.nnz), shuffle=shuffle,
+                                         num_threads=num_threads)
+                total += t
+                n += c
             dt = time.perf_counter() - t0
             rec = {"epoch": epoch, "loss": total / max(n, 1), "samples_per_s": n / dt if dt > 0 else 0.0, "seconds": dt}
             history.append(rec)

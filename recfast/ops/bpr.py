@@ -11,6 +11,7 @@ and ``reduction`` combines the loss_b: "mean" (LightGCN's penalty l2 * (...) / 2
 
 from __future__ import annotations
 
+import weakref
 from typing import Optional
 
 import torch
@@ -19,7 +20,7 @@ from .. import _C
 from .._backend import INDEX_DTYPES, check_range, check_tensor, cuda_module, np_view, stream_of
 from ..csr import CSR
 
-__all__ = ["bpr_loss", "bpr_sgd_step"]
+__all__ = ["bpr_loss", "bpr_sgd_step", "bpr_sgd_epoch"]
 
 _REDUCTIONS = ("mean", "sum", "none")
 
@@ -248,6 +249,123 @@ def bpr_loss(
     return _bpr_op(U, V, bias, users64, pos64, neg64.contiguous(), float(l2), reduction)[0]
 
 
+def _check_sgd(op: str, user_emb, item_emb, csr, item_bias, num_negatives, lr, l2) -> None:
+    for name, t in (("user_emb", user_emb), ("item_emb", item_emb)):
+        check_tensor(op, name, t, dtypes=(torch.float32,), ndim=2)
+        if t.device.type != "cpu":
+            raise ValueError(f"{op}: {name} must be on the CPU (the fused step is a CPU kernel); on CUDA use "
+                             "bpr_loss(..., sparse_grad=True) with a recfast.optim optimizer")
+    if not isinstance(csr, CSR):
+        raise TypeError(f"{op}: csr must be a recfast.CSR, got {type(csr).__name__}")
+    if csr.shape != (user_emb.shape[0], item_emb.shape[0]):
+        raise ValueError(f"{op}: csr has shape {csr.shape}, expected (n_users, n_items) = "
+                         f"{(user_emb.shape[0], item_emb.shape[0])}")
+    if item_emb.shape[1] != user_emb.shape[1]:
+        raise ValueError(f"{op}: item_emb has dimension {item_emb.shape[1]}, user_emb {user_emb.shape[1]}")
+    if item_bias is not None:
+        check_tensor(op, "item_bias", item_bias, dtypes=(torch.float32,), ndim=1)
+        if item_bias.device.type != "cpu":
+            raise ValueError(f"{op}: item_bias must be on the CPU")
+        if item_bias.numel() != item_emb.shape[0]:
+            raise ValueError(f"{op}: item_bias has {item_bias.numel()} entries, expected {item_emb.shape[0]}")
+    if isinstance(num_negatives, bool) or not isinstance(num_negatives, int) or num_negatives < 1:
+        raise ValueError(f"{op}: num_negatives must be a positive int, got {num_negatives!r}")
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
+        raise ValueError(f"{op}: lr must be a positive number, got {lr!r}")
+    if isinstance(l2, bool) or not isinstance(l2, (int, float)) or not l2 >= 0:
+        raise ValueError(f"{op}: l2 must be a non-negative number, got {l2!r}")
+
+
+def _threads(op: str, num_threads: int | None) -> int:
+    if num_threads is None:
+        return 0
+    if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1:
+        raise ValueError(f"{op}: num_threads must be a positive int or None, got {num_threads!r}")
+    return num_threads
+
+
+# The row of each stored entry (int32), computed once per CSR: CSR is immutable.
+_ROW_OF: "weakref.WeakKeyDictionary[CSR, torch.Tensor]" = weakref.WeakKeyDictionary()
+
+
+def _row_of(csr: CSR) -> torch.Tensor:
+    r = _ROW_OF.get(csr)
+    if r is None:
+        n = csr.n_rows
+        r = torch.repeat_interleave(torch.arange(n, dtype=torch.int32), csr.row_lengths().to("cpu"),
+                                    output_size=csr.nnz)
+        _ROW_OF[csr] = r
+    return r
+
+
+@torch.no_grad()
+def bpr_sgd_epoch(
+    user_emb: torch.Tensor,
+    item_emb: torch.Tensor,
+    csr: CSR,
+    *,
+    lr: float,
+    seed: int,
+    l2: float = 0.0,
+    num_negatives: int = 1,
+    item_bias: torch.Tensor | None = None,
+    start: int = 0,
+    stop: int | None = None,
+    shuffle: bool = True,
+    num_threads: int | None = None,
+) -> tuple[float, int]:
+    """Positions ``[start, stop)`` of one fused SGD epoch of BPR-MF over every stored entry of ``csr``.
+
+    One kernel call samples, scores and updates the CPU float32 tables in place. Position ``p``
+    trains on stored entry ``e = order(p)`` (its row is the user, its column the positive), where
+    ``order`` is a seeded permutation of ``range(csr.nnz)`` computed on the fly (a Feistel network;
+    no shuffled index array) or the identity with ``shuffle=False``. Its ``num_negatives`` negatives
+    are those of ``sample_negatives(csr, users, num_negatives, seed=seed, row_offset=p)`` (exact:
+    never one of the user's items), and the update is ``bpr_sgd_step``'s. Splitting an epoch into
+    calls on consecutive ``[start, stop)`` chunks with the same ``seed`` gives the same epoch.
+
+    Threads take blocks of 4,096 consecutive positions from a shared counter and update rows
+    Hogwild, as implicit does: results are bit-reproducible with ``num_threads=1``; with more
+    threads, concurrent updates of a shared row may interleave and the blocks go to whichever thread
+    is free, so the last bits vary between runs.
+
+    Returns ``(sum of the per-position losses, number of positions)``: their ratio is the mean BPR
+    loss (without the ``l2`` term) before each position's update.
+
+    Example
+    -------
+    >>> import torch, recfast
+    >>> csr = recfast.data.synthetic(50, 40, 500, seed=0).to_csr()
+    >>> u, v = torch.randn(50, 8) * 0.1, torch.randn(40, 8) * 0.1
+    >>> total, n = recfast.ops.bpr_sgd_epoch(u, v, csr, lr=0.05, seed=0)
+    >>> n == csr.nnz and 0.6 < total / n < 0.7
+    True
+    """
+    op = "bpr_sgd_epoch"
+    _check_sgd(op, user_emb, item_emb, csr, item_bias, num_negatives, lr, l2)
+    nnz = csr.nnz
+    stop = nnz if stop is None else stop
+    for name, v in (("start", start), ("stop", stop)):
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise TypeError(f"{op}: {name} must be an int, got {type(v).__name__}")
+    if not 0 <= start <= stop <= nnz:
+        raise ValueError(f"{op}: start and stop must satisfy 0 <= start <= stop <= nnz = {nnz}, "
+                         f"got start={start}, stop={stop}")
+    if csr.n_rows >= 2**31:
+        raise ValueError(f"{op}: csr has {csr.n_rows} rows; at most 2**31 - 1 are supported")
+    threads = _threads(op, num_threads)
+    c = csr.to("cpu")
+    total, count, bad = _C.bpr_sgd_epoch(
+        np_view(user_emb), np_view(item_emb), None if item_bias is None else np_view(item_bias), np_view(c.indptr),
+        np_view(c.indices), np_view(_row_of(c)), int(start), int(stop), bool(shuffle), int(num_negatives),
+        int(seed) & ((1 << 64) - 1), float(lr), float(l2), threads)
+    if bad >= 0:
+        e = int(_C.bpr_epoch_order(nnz, int(seed) & ((1 << 64) - 1), bad, bad + 1)[0]) if shuffle else bad
+        u = int(_row_of(c)[e])
+        raise ValueError(f"{op}: user {u} has no negative item left (it has all {csr.n_cols} items)")
+    return float(total), int(count)
+
+
 @torch.no_grad()
 def bpr_sgd_step(
     user_emb: torch.Tensor,
@@ -283,24 +401,7 @@ def bpr_sgd_step(
     True
     """
     op = "bpr_sgd_step"
-    for name, t in (("user_emb", user_emb), ("item_emb", item_emb)):
-        check_tensor(op, name, t, dtypes=(torch.float32,), ndim=2)
-        if t.device.type != "cpu":
-            raise ValueError(f"{op}: {name} must be on the CPU (the fused step is a CPU kernel); on CUDA use "
-                             "bpr_loss(..., sparse_grad=True) with a recfast.optim optimizer")
-    if not isinstance(csr, CSR):
-        raise TypeError(f"{op}: csr must be a recfast.CSR, got {type(csr).__name__}")
-    if csr.shape != (user_emb.shape[0], item_emb.shape[0]):
-        raise ValueError(f"{op}: csr has shape {csr.shape}, expected (n_users, n_items) = "
-                         f"{(user_emb.shape[0], item_emb.shape[0])}")
-    if item_emb.shape[1] != user_emb.shape[1]:
-        raise ValueError(f"{op}: item_emb has dimension {item_emb.shape[1]}, user_emb {user_emb.shape[1]}")
-    if item_bias is not None:
-        check_tensor(op, "item_bias", item_bias, dtypes=(torch.float32,), ndim=1)
-        if item_bias.numel() != item_emb.shape[0]:
-            raise ValueError(f"{op}: item_bias has {item_bias.numel()} entries, expected {item_emb.shape[0]}")
-    if isinstance(num_negatives, bool) or not isinstance(num_negatives, int) or num_negatives < 1:
-        raise ValueError(f"{op}: num_negatives must be a positive int, got {num_negatives!r}")
+    _check_sgd(op, user_emb, item_emb, csr, item_bias, num_negatives, lr, l2)
     u64 = _check_ids(op, "users", users, user_emb.shape[0], torch.device("cpu"))
     p64 = _check_ids(op, "pos_items", pos_items, item_emb.shape[0], torch.device("cpu"))
     if u64.dim() != 1 or p64.shape != u64.shape:
@@ -309,7 +410,7 @@ def bpr_sgd_step(
     loss, bad = _C.bpr_sgd_step(np_view(user_emb), np_view(item_emb), None if item_bias is None else np_view(item_bias),
                                 np_view(c.indptr), np_view(c.indices), np_view(u64), np_view(p64), int(num_negatives),
                                 int(seed) & ((1 << 64) - 1), int(row_offset), float(lr), float(l2),
-                                int(num_threads or 0))
+                                _threads(op, num_threads))
     if bad >= 0:
         raise ValueError(f"{op}: user {int(u64[bad])} has no negative item left (it has all {csr.n_cols} items)")
     return float(loss)
