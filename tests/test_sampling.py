@@ -190,6 +190,27 @@ def test_weighted_cache_follows_in_place_changes() -> None:
     assert (out == 9).all()
 
 
+def test_weighted_cache_does_not_outlive_the_weights_tensor() -> None:
+    """A new weights tensor at a freed one's address (same data_ptr, same _version) is not a hit."""
+    csr = random_csr(4, 10, 0.2, seed=1)
+    users = torch.tensor([u for u in range(4) if not {3, 8} & set(csr.row(u).tolist())])
+    assert users.numel() > 0
+    buf = np.zeros(10, dtype=np.float32)
+    for target in (3, 8, 3):
+        # from_numpy over one buffer: the same address and version 0 every time, different contents.
+        buf[:] = 0.0
+        buf[target] = 1.0
+        w = torch.from_numpy(buf)
+        assert (sample_negatives(csr, users, 4, seed=0, weights=w) == target).all()
+        del w
+    # Freed and reallocated by torch (the allocator usually hands the same block back).
+    for target in (3, 8, 3, 8):
+        w = torch.zeros(10)
+        w[target] = 1.0
+        assert (sample_negatives(csr, users, 4, seed=0, weights=w) == target).all()
+        del w
+
+
 @settings(max_examples=40, deadline=None)
 @given(n_users=st.integers(1, 30), n_items=st.integers(1, 40), density=st.floats(0.0, 0.95),
        k=st.integers(0, 6), seed=st.integers(0, 2**64 - 1), replace=st.booleans(), weighted=st.booleans(),

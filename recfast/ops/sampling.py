@@ -21,7 +21,7 @@ from ..csr import CSR
 __all__ = ["sample_negatives"]
 
 _MASK64 = (1 << 64) - 1
-# Per-CSR cache of the weighted prefix sums, keyed by the weights tensor's identity and version.
+# Per-CSR cache of the weighted prefix sums: (weakref to the weights tensor, its _version, cum, G).
 _WEIGHT_CACHE: "weakref.WeakKeyDictionary[CSR, tuple]" = weakref.WeakKeyDictionary()
 
 
@@ -129,10 +129,13 @@ def sample_negatives(
 
 def _weighted_prefix(csr: CSR, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """cum (n_items + 1) and G (nnz + 1) in float64, cached per CSR and weights version."""
-    key = (weights.data_ptr(), weights._version, weights.dtype, weights.numel())
+    # Identity, not address: a freed weights tensor's memory can be reused by a new tensor with the
+    # same data_ptr and _version, so the entry holds a weak reference to the tensor it was built
+    # from and only that very tensor, unchanged since (same _version), hits.
     hit = _WEIGHT_CACHE.get(csr)
-    if hit is not None and hit[0] == key:
-        return hit[1], hit[2]
+    if hit is not None and hit[0]() is weights and hit[1] == weights._version:
+        return hit[2], hit[3]
+    version = weights._version
     w = weights.detach().to(torch.float64)
     if not bool(torch.isfinite(w).all()):
         raise ValueError("sample_negatives: weights must be finite")
@@ -141,7 +144,7 @@ def _weighted_prefix(csr: CSR, weights: torch.Tensor) -> tuple[torch.Tensor, tor
     zero = torch.zeros(1, dtype=torch.float64, device=w.device)
     cum = torch.cat([zero, torch.cumsum(w, 0)])
     G = torch.cat([zero, torch.cumsum(w[csr.indices.to(torch.int64)], 0)])
-    _WEIGHT_CACHE[csr] = (key, cum, G)
+    _WEIGHT_CACHE[csr] = (weakref.ref(weights), version, cum, G)
     return cum, G
 
 
