@@ -211,6 +211,61 @@ def test_weighted_cache_does_not_outlive_the_weights_tensor() -> None:
         del w
 
 
+@pytest.fixture
+def restore_sampling_isa():
+    previous = recfast._C.sampling_isa()
+    yield
+    recfast._C.set_sampling_isa(previous)
+
+
+@pytest.mark.skipif("avx512" not in recfast._C.sampling_isas(), reason="this CPU has no avx512f + avx512dq")
+@pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64])
+@pytest.mark.parametrize("k", [1, 3])
+def test_avx512_and_scalar_paths_are_bit_identical(restore_sampling_isa, index_dtype, k) -> None:
+    """The uniform kernel's AVX-512 path draws exactly what the scalar path draws."""
+    csr = random_csr(700, 3000, 0.02, seed=14, index_dtype=index_dtype)
+    # Skewed degrees (so vector lanes finish their searches at different steps), empty rows and a
+    # nearly full row.
+    rows = [csr.row(u) for u in range(700)]
+    rows[5] = torch.arange(0, 3000, 2, dtype=index_dtype)
+    rows[6] = torch.empty(0, dtype=index_dtype)
+    rows[7] = torch.cat([torch.arange(0, 1234), torch.arange(1235, 3000)]).to(index_dtype)
+    indptr = torch.tensor([0] + [len(r) for r in rows]).cumsum(0)
+    csr = recfast.CSR(indptr, torch.cat(rows), (700, 3000))
+    g = torch.Generator().manual_seed(k)
+    for batch in (0, 1, 31, 32, 33, 100, 4099):
+        users = torch.randint(0, 700, (batch,), generator=g)
+        users[: batch // 3] = torch.tensor([5, 6, 7]).repeat(batch)[: batch // 3]
+        users = users[torch.randperm(batch, generator=g)]
+        got = {}
+        for isa in ("scalar", "avx512"):
+            recfast._C.set_sampling_isa(isa)
+            got[isa] = [sample_negatives(csr, users, k, seed=seed, row_offset=off, num_threads=t)
+                        for seed, off, t in ((0, 0, 1), (2**64 - 1, 12345, 2), (99, 2**40, 3))]
+        for a, b in zip(got["scalar"], got["avx512"]):
+            assert torch.equal(a, b)
+        _assert_never_positive(csr, users, got["avx512"][0])
+        if batch == 100:
+            assert torch.equal(got["avx512"][0], _sample_negatives_ref(csr, users, k, seed=0))
+    # A user without negatives is reported the same way by both paths (first bad position).
+    full = recfast.CSR(torch.tensor([0, 4, 5]), torch.tensor([0, 1, 2, 3, 2], dtype=index_dtype), (2, 4))
+    users = torch.tensor([1] * 40 + [0] + [1] * 30 + [0])
+    for isa in ("scalar", "avx512"):
+        recfast._C.set_sampling_isa(isa)
+        with pytest.raises(ValueError, match="user 0 has no negative item left"):
+            sample_negatives(full, users, k, seed=0)
+
+
+def test_sampling_isa_switch(restore_sampling_isa) -> None:
+    assert recfast._C.sampling_isa() in ("auto", "scalar", "avx512")
+    assert "scalar" in recfast._C.sampling_isas()
+    recfast._C.set_sampling_isa("scalar")
+    assert recfast._C.set_sampling_isa("auto") == "scalar"
+    with pytest.raises(ValueError, match="set_sampling_isa: isa must be one of"):
+        recfast._C.set_sampling_isa("sse9")
+    assert recfast._C.sampling_isa() == "auto"
+
+
 @settings(max_examples=40, deadline=None)
 @given(n_users=st.integers(1, 30), n_items=st.integers(1, 40), density=st.floats(0.0, 0.95),
        k=st.integers(0, 6), seed=st.integers(0, 2**64 - 1), replace=st.booleans(), weighted=st.booleans(),

@@ -1,4 +1,6 @@
 #include <optional>
+#include <string>
+#include <vector>
 
 #include "bindings.h"
 #include "recfast/sampling.h"
@@ -40,4 +42,23 @@ void bind_typed(py::module_& m) {
 void bind_sampling(py::module_& m) {
   bind_typed<std::int32_t>(m);
   bind_typed<std::int64_t>(m);
+  m.def("sampling_isa", [] { return std::string(recfast::cpu::sampling_isa()); },
+        "The uniform sampler's instruction-set setting: auto, scalar or avx512.");
+  m.def(
+      "set_sampling_isa",
+      [](const std::string& isa) {
+        std::string previous = recfast::cpu::sampling_isa();
+        rp::require(recfast::cpu::set_sampling_isa(isa.c_str()),
+                    "set_sampling_isa: isa must be one of auto, scalar, avx512 (avx512 needs a CPU with avx512f "
+                    "and avx512dq), got '" + isa + "'");
+        return previous;
+      },
+      py::arg("isa"),
+      "Selects the uniform sampler's path (auto, scalar or avx512; bit-identical output) and returns the "
+      "previous setting. For tests and benchmarks.");
+  m.def("sampling_isas", [] {
+    std::vector<std::string> isas{"scalar"};
+    if (recfast::cpu::sampling_avx512_available()) isas.emplace_back("avx512");
+    return isas;
+  }, "The uniform sampler's paths this CPU can run.");
 }

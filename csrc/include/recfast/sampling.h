@@ -149,6 +149,15 @@ std::int64_t sample_negatives(const offset_t* indptr, const I* indices, std::int
                               std::uint64_t seed, std::int64_t row_offset, bool replace, const double* cum,
                               const double* G, std::int64_t* out, int num_threads);
 
+// The uniform kernel's instruction set, for tests and benchmarks: "auto" (AVX-512 where the CPU
+// has avx512f and avx512dq and n_items < 2^32, else scalar), "scalar" or "avx512" (falls back to
+// scalar when n_items >= 2^32). Both paths give bit-identical output. The initial setting comes
+// from the environment variable RECFAST_SAMPLING_ISA. set_sampling_isa returns false (and changes
+// nothing) for an unknown name or for "avx512" on a CPU without it.
+const char* sampling_isa();
+bool set_sampling_isa(const char* name);
+bool sampling_avx512_available();
+
 }  // namespace recfast::cpu
 
 struct CUstream_st;  // cudaStream_t is CUstream_st*; declared here so CPU-only code can include this
