@@ -357,6 +357,38 @@ std::int64_t sample_negatives(const offset_t* indptr, const I* indices, std::int
   return bad == batch ? -1 : bad;
 }
 
+template <typename I>
+std::int64_t sample_triples(const offset_t* indptr, const I* indices, std::int64_t n_users, std::int64_t n_items,
+                            const std::int64_t* row_of, const std::int64_t* order, std::int64_t batch,
+                            std::int64_t num_negatives, std::uint64_t seed, std::int64_t row_offset, bool replace,
+                            const double* cum, const double* G, std::int64_t* users_out, std::int64_t* items_out,
+                            std::int64_t* out, int num_threads) {
+  // The interactions are picked in random order: prefetch the row ids and items a few steps ahead
+  // so that the two gathers' cache misses overlap.
+  constexpr std::int64_t ahead = 16;
+#pragma omp parallel for schedule(static) num_threads(resolve_threads(num_threads))
+  for (std::int64_t b = 0; b < batch; ++b) {
+    if (b + ahead < batch) {
+      __builtin_prefetch(row_of + order[b + ahead]);
+      __builtin_prefetch(indices + order[b + ahead]);
+    }
+    const std::int64_t e = order[b];
+    users_out[b] = row_of[e];
+    items_out[b] = static_cast<std::int64_t>(indices[e]);
+  }
+  if (num_negatives == 0) return -1;
+  return sample_negatives<I>(indptr, indices, n_users, n_items, users_out, batch, num_negatives, seed, row_offset,
+                             replace, cum, G, out, num_threads);
+}
+
+template std::int64_t sample_triples<std::int32_t>(const offset_t*, const std::int32_t*, std::int64_t, std::int64_t,
+                                                   const std::int64_t*, const std::int64_t*, std::int64_t,
+                                                   std::int64_t, std::uint64_t, std::int64_t, bool, const double*,
+                                                   const double*, std::int64_t*, std::int64_t*, std::int64_t*, int);
+template std::int64_t sample_triples<std::int64_t>(const offset_t*, const std::int64_t*, std::int64_t, std::int64_t,
+                                                   const std::int64_t*, const std::int64_t*, std::int64_t,
+                                                   std::int64_t, std::uint64_t, std::int64_t, bool, const double*,
+                                                   const double*, std::int64_t*, std::int64_t*, std::int64_t*, int);
 template std::int64_t sample_negatives<std::int32_t>(const offset_t*, const std::int32_t*, std::int64_t, std::int64_t,
                                                      const std::int64_t*, std::int64_t, std::int64_t, std::uint64_t,
                                                      std::int64_t, bool, const double*, const double*, std::int64_t*,

@@ -127,6 +127,52 @@ def sample_negatives(
     return out if on_cpu else host_out.to(csr.device)
 
 
+def _sample_triples(
+    csr: CSR,
+    row_of: torch.Tensor,
+    order: torch.Tensor,
+    num_negatives: int,
+    *,
+    seed: int,
+    weights: torch.Tensor | None = None,
+    row_offset: int = 0,
+    num_threads: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A loader's batch in one CPU kernel call: for the stored entries ``order`` (positions in
+    ``csr.indices``), ``(users, items, negatives)`` with ``users = row_of[order]``,
+    ``items = csr.indices[order]`` and negatives exactly as ``sample_negatives(csr, users,
+    num_negatives, seed=seed, weights=weights, row_offset=row_offset)`` draws them.
+
+    ``row_of`` (int64, nnz) is the row of every stored entry, as the loaders keep it.
+    """
+    op = "sample_negatives"
+    if csr.device.type != "cpu":
+        raise ValueError(f"{op}: _sample_triples runs on the CPU, got a CSR on {csr.device}")
+    check_tensor(op, "order", order, dtypes=(torch.int64,), ndim=1, device=csr.device, contiguous=True)
+    check_tensor(op, "row_of", row_of, dtypes=(torch.int64,), ndim=1, device=csr.device, contiguous=True)
+    if row_of.numel() != csr.nnz:
+        raise ValueError(f"{op}: row_of has {row_of.numel()} entries, expected nnz = {csr.nnz}")
+    check_range(op, "order", order, csr.nnz)
+    n_items = csr.n_cols
+    k = int(num_negatives)
+    cum = G = None
+    if weights is not None:
+        cum, G = _weighted_prefix(csr, weights)
+    n = order.numel()
+    users = torch.empty(n, dtype=torch.int64)
+    items = torch.empty(n, dtype=torch.int64)
+    out = torch.empty(n, k, dtype=torch.int64)
+    if n == 0:
+        return users, items, out
+    b = _C.sample_triples(np_view(csr.indptr), np_view(csr.indices), n_items, np_view(row_of), np_view(order), k,
+                          int(seed) & _MASK64, int(row_offset), True, None if cum is None else np_view(cum),
+                          None if G is None else np_view(G), np_view(users), np_view(items), np_view(out).reshape(-1),
+                          int(num_threads or 0))
+    if b >= 0:
+        _raise_no_negatives(csr, users, b, k, True, weights)
+    return users, items, out
+
+
 def _weighted_prefix(csr: CSR, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """cum (n_items + 1) and G (nnz + 1) in float64, cached per CSR and weights version."""
     # Identity, not address: a freed weights tensor's memory can be reused by a new tensor with the

@@ -149,6 +149,16 @@ std::int64_t sample_negatives(const offset_t* indptr, const I* indices, std::int
                               std::uint64_t seed, std::int64_t row_offset, bool replace, const double* cum,
                               const double* G, std::int64_t* out, int num_threads);
 
+// A loader's batch in one call: interaction e = order[b] (an index into indices) gives
+// users_out[b] = row_of[e] (the row holding e), items_out[b] = indices[e], and out[b * K ..] its
+// negatives, exactly as sample_negatives(..., users_out, ...) draws them.
+template <typename I>
+std::int64_t sample_triples(const offset_t* indptr, const I* indices, std::int64_t n_users, std::int64_t n_items,
+                            const std::int64_t* row_of, const std::int64_t* order, std::int64_t batch,
+                            std::int64_t num_negatives, std::uint64_t seed, std::int64_t row_offset, bool replace,
+                            const double* cum, const double* G, std::int64_t* users_out, std::int64_t* items_out,
+                            std::int64_t* out, int num_threads);
+
 // The uniform kernel's instruction set, for tests and benchmarks: "auto" (AVX-512 where the CPU
 // has avx512f and avx512dq and n_items < 2^32, else scalar), "scalar" or "avx512" (falls back to
 // scalar when n_items >= 2^32). Both paths give bit-identical output. The initial setting comes
