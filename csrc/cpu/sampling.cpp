@@ -81,6 +81,97 @@ void uniform_lanes(const offset_t* indptr, const I* indices, std::int64_t n_item
   }
 }
 
+// Weighted draws with replacement for rows [b0, b0 + L), the same arithmetic as weighted_unseen:
+// the L row searches (two dependent loads per step: row[mid], then cum[row[mid]]) and the L
+// bracketed CDF searches run in lockstep so that their cache misses overlap.
+template <typename I, int L>
+void weighted_lanes(const offset_t* indptr, const I* indices, std::int64_t n_items, const std::int64_t* users,
+                    std::int64_t b0, std::int64_t K, std::uint64_t seed, std::int64_t row_offset, const double* cum,
+                    const double* G, const std::int64_t* guide, std::int64_t M, double inv_h, std::int64_t* out,
+                    std::atomic<std::int64_t>& first_bad, std::int64_t prefetch_end) {
+  static const I zero_row[1] = {0};
+  if (prefetch_end > b0 + 3 * L) {
+    for (int l = 0; l < L; ++l) __builtin_prefetch(indptr + users[b0 + 2 * L + l]);
+    for (int l = 0; l < L; ++l) {
+      const std::int64_t u = users[b0 + L + l];
+      const offset_t mid = (indptr[u] + indptr[u + 1]) >> 1;
+      __builtin_prefetch(indices + mid);
+      __builtin_prefetch(G + mid);
+      __builtin_prefetch(G + indptr[u]);
+      __builtin_prefetch(G + indptr[u + 1]);
+    }
+  }
+  const I* row[L];
+  const double* rowG[L];
+  std::int64_t deg[L];
+  double mass[L];
+  std::uint64_t key[L];
+  bool ok[L];
+  for (int l = 0; l < L; ++l) {
+    const std::int64_t b = b0 + l;
+    const std::int64_t u = users[b];
+    const offset_t start = indptr[u];
+    deg[l] = indptr[u + 1] - start;
+    row[l] = deg[l] > 0 ? indices + start : zero_row;
+    rowG[l] = G + start;
+    mass[l] = complement_mass(cum, n_items, rowG[l], deg[l]);
+    ok[l] = mass[l] > 0.0;
+    key[l] = rng_key(seed, static_cast<std::uint64_t>(row_offset + b));
+    if (!ok[l]) {
+      record_failure(first_bad, b);
+      deg[l] = 0;  // the lane still runs (nothing is read past the row), its draws are dropped
+      mass[l] = 0.0;
+    }
+  }
+  for (std::int64_t k = 0; k < K; ++k) {
+    double t[L], ta[L];
+    std::int64_t lo[L], n[L], a[L], m[L];
+    for (int l = 0; l < L; ++l) {
+      t[l] = rng_unit(rng_bits(key[l], static_cast<std::uint64_t>(k))) * mass[l];
+      lo[l] = 0;
+      n[l] = deg[l];
+    }
+    for (;;) {
+      std::int64_t active = 0;
+      for (int l = 0; l < L; ++l) {
+        const std::int64_t half = n[l] >> 1;
+        const std::int64_t mid = lo[l] + half;
+        const std::int64_t live = -static_cast<std::int64_t>(n[l] > 0);
+        const std::int64_t ms = mid & live;
+        const std::int64_t right =
+            -static_cast<std::int64_t>(cum[static_cast<std::int64_t>(row[l][ms])] - (rowG[l][ms] - rowG[l][0]) <= t[l]) &
+            live;
+        lo[l] += (mid + 1 - lo[l]) & right;
+        n[l] = (half & ~right) | ((n[l] - half - 1) & right);
+        active |= n[l];
+      }
+      if (active == 0) break;
+    }
+    for (int l = 0; l < L; ++l) {
+      ta[l] = t[l] + (rowG[l][lo[l]] - rowG[l][0]);
+      guide_bracket(guide, M, inv_h, ta[l], &a[l], &m[l]);
+    }
+    for (;;) {
+      std::int64_t active = 0;
+      for (int l = 0; l < L; ++l) {
+        const std::int64_t half = m[l] >> 1;
+        const std::int64_t mid = a[l] + half;
+        const std::int64_t live = -static_cast<std::int64_t>(m[l] > 0);
+        const std::int64_t right = -static_cast<std::int64_t>(cum[(mid & live) + 1] <= ta[l]) & live;
+        a[l] += (mid + 1 - a[l]) & right;
+        m[l] = (half & ~right) | ((m[l] - half - 1) & right);
+        active |= m[l];
+      }
+      if (active == 0) break;
+    }
+    for (int l = 0; l < L; ++l) {
+      if (!ok[l]) continue;
+      const std::int64_t x = guide_fixup(cum, n_items, a[l], ta[l]);
+      out[(b0 + l) * K + k] = weighted_finish(cum, n_items, row[l], deg[l], lo[l], x);
+    }
+  }
+}
+
 #if RF_SAMPLING_AVX512
 // The same draws as uniform_lanes, V vectors of 8 rows at a time: the RNG in 64-bit lanes
 // (vpmullq), and the 8 binary searches of a vector in lockstep with masked gathers. Bit-identical
@@ -287,6 +378,47 @@ std::int64_t sample_negatives(const offset_t* indptr, const I* indices, std::int
       const std::uint64_t key = rng_key(seed, static_cast<std::uint64_t>(row_offset + b));
       for (std::int64_t k = 0; k < K; ++k)
         out[b * K + k] = uniform_negative(key, static_cast<std::uint64_t>(k), indices + indptr[u], deg, n_items);
+    }
+    const std::int64_t bad = first_bad.load();
+    return bad == batch ? -1 : bad;
+  }
+  // Weighted with replacement: a guide table over the global CDF (M buckets of equal mass, one
+  // per item) narrows its O(log n_items) search to a bucket's few items, and rows go through
+  // weighted_lanes. The guide is built here, once per call (O(n_items)), when the batch's draws
+  // repay it; smaller batches take the per-row loop below. The output is the same either way.
+  if (weighted && replace && K > 0 && batch * K >= n_items / 4 + 64 && n_items > 1 && cum[n_items] > 0.0) {
+    const std::int64_t M = n_items;
+    std::vector<std::int64_t> guide(static_cast<std::size_t>(M + 1));
+    const double total = cum[n_items];
+    const double h = total / static_cast<double>(M);
+    const double inv_h = static_cast<double>(M) / total;
+    std::int64_t a = 0;
+    for (std::int64_t j = 0; j <= M; ++j) {
+      const double v = static_cast<double>(j) * h;
+      while (a < n_items && cum[a + 1] <= v) ++a;
+      guide[static_cast<std::size_t>(j)] = a;
+    }
+    constexpr int L = 8;
+    const std::int64_t full = batch / L;
+#pragma omp parallel for schedule(static) num_threads(resolve_threads(num_threads))
+    for (std::int64_t c = 0; c < full; ++c) {
+      weighted_lanes<I, L>(indptr, indices, n_items, users, c * L, K, seed, row_offset, cum, G, guide.data(), M,
+                           inv_h, out, first_bad, full * L);
+    }
+    for (std::int64_t b = full * L; b < batch; ++b) {
+      const std::int64_t u = users[b];
+      const offset_t start = indptr[u];
+      const std::int64_t deg = indptr[u + 1] - start;
+      const double mass = complement_mass(cum, n_items, G + start, deg);
+      if (!(mass > 0.0)) {
+        record_failure(first_bad, b);
+        continue;
+      }
+      const std::uint64_t key = rng_key(seed, static_cast<std::uint64_t>(row_offset + b));
+      for (std::int64_t k = 0; k < K; ++k) {
+        const double t = rng_unit(rng_bits(key, static_cast<std::uint64_t>(k))) * mass;
+        out[b * K + k] = weighted_unseen(cum, n_items, indices + start, G + start, deg, t);
+      }
     }
     const std::int64_t bad = first_bad.load();
     return bad == batch ? -1 : bad;
