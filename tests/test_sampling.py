@@ -211,6 +211,33 @@ def test_weighted_cache_does_not_outlive_the_weights_tensor() -> None:
         del w
 
 
+@pytest.mark.parametrize("case", ["skewed", "zeros_and_tiny", "one_heavy"])
+def test_weighted_batched_path_equals_per_row_path(case) -> None:
+    """Large weighted batches go through lockstep lanes and a guide table over the CDF, single rows
+    through the per-row search: with matching row offsets both give the same draws, also where
+    rounding at bucket and row boundaries is likeliest."""
+    n_items = 300
+    csr = random_csr(80, n_items, 0.15, seed=21)
+    g = torch.Generator().manual_seed(4)
+    w = torch.rand(n_items, generator=g, dtype=torch.float64)
+    if case == "skewed":
+        w = w ** 8 * 1e6
+    elif case == "zeros_and_tiny":
+        w[::3] = 0.0
+        w[1::3] = 1e-200
+    else:
+        w[:] = 1e-9
+        w[150] = 1e9
+    users = torch.randint(0, 80, (600,), generator=g)
+    whole = sample_negatives(csr, users, 3, seed=8, weights=w)
+    for b in range(0, users.numel(), 37):
+        one = sample_negatives(csr, users[b:b + 1], 3, seed=8, weights=w, row_offset=b)
+        assert torch.equal(one, whole[b:b + 1])
+    _assert_never_positive(csr, users, whole)
+    assert torch.equal(whole[:50], _sample_negatives_ref(csr, users[:50], 3, seed=8, weights=w))
+    assert bool((w[whole] > 0).all())
+
+
 @pytest.fixture
 def restore_sampling_isa():
     previous = recfast._C.sampling_isa()
