@@ -283,6 +283,41 @@ def test_avx512_and_scalar_paths_are_bit_identical(restore_sampling_isa, index_d
             sample_negatives(full, users, k, seed=0)
 
 
+@pytest.mark.skipif("avx512" not in recfast._C.sampling_isas(), reason="this CPU has no avx512f + avx512dq")
+@pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64])
+def test_weighted_avx512_and_scalar_paths_are_bit_identical(restore_sampling_isa, index_dtype) -> None:
+    csr = random_csr(300, 500, 0.05, seed=15, index_dtype=index_dtype)
+    rows = [csr.row(u) for u in range(300)]
+    rows[3] = torch.arange(0, 500, dtype=index_dtype)[torch.arange(500) % 7 != 0]  # dense row
+    rows[4] = torch.empty(0, dtype=index_dtype)
+    csr = recfast.CSR(torch.tensor([0] + [len(r) for r in rows]).cumsum(0), torch.cat(rows), (300, 500))
+    g = torch.Generator().manual_seed(2)
+    w = torch.rand(500, generator=g, dtype=torch.float64) ** 6
+    w[::11] = 0.0
+    for k in (1, 4):
+        users = torch.randint(0, 300, (2000 + k,), generator=g)
+        users[::5] = 3
+        users[1::7] = 4
+        got = {}
+        for isa in ("scalar", "avx512"):
+            recfast._C.set_sampling_isa(isa)
+            got[isa] = sample_negatives(csr, users, k, seed=k, weights=w, row_offset=77)
+        assert torch.equal(got["scalar"], got["avx512"])
+        assert torch.equal(got["scalar"][:40], _sample_negatives_ref(csr, users[:40], k, seed=k, weights=w,
+                                                                     row_offset=77))
+        _assert_never_positive(csr, users, got["avx512"])
+    # A user with every item (no mass left) inside a large batch: both paths name it.
+    rows[7] = torch.arange(500, dtype=index_dtype)
+    full = recfast.CSR(torch.tensor([0] + [len(r) for r in rows]).cumsum(0), torch.cat(rows), (300, 500))
+    users = torch.randint(0, 300, (3000,), generator=g)
+    users[users == 7] = 8
+    users[1234] = 7
+    for isa in ("scalar", "avx512"):
+        recfast._C.set_sampling_isa(isa)
+        with pytest.raises(ValueError, match="user 7 has no weighted mass"):
+            sample_negatives(full, users, 2, seed=0, weights=torch.ones(500))
+
+
 def test_sampling_isa_switch(restore_sampling_isa) -> None:
     assert recfast._C.sampling_isa() in ("auto", "scalar", "avx512")
     assert "scalar" in recfast._C.sampling_isas()

@@ -282,6 +282,127 @@ RF_AVX512 void uniform_lanes_avx512(const offset_t* indptr, const I* indices, st
   }
 }
 
+// weighted_lanes on V vectors of 8 rows: the same double arithmetic lane by lane (subtractions,
+// comparisons and the two products of rng_unit(bits) * mass, in the scalar order), so the draws
+// are bit-identical; the rare boundary repairs run per lane in scalar code.
+template <typename I, int V>
+RF_AVX512 void weighted_lanes_avx512(const offset_t* indptr, const I* indices, std::int64_t n_items,
+                                     const std::int64_t* users, std::int64_t b0, std::int64_t K, std::uint64_t hseed,
+                                     std::int64_t row_offset, const double* cum, const double* G,
+                                     const std::int64_t* guide, std::int64_t M, double inv_h, std::int64_t* out,
+                                     std::atomic<std::int64_t>& first_bad, std::int64_t prefetch_end) {
+  constexpr int L = 8 * V;
+  if (prefetch_end > b0 + 3 * L) {
+    for (int l = 0; l < L; ++l) __builtin_prefetch(indptr + users[b0 + 2 * L + l]);
+    for (int l = 0; l < L; ++l) {
+      const std::int64_t u = users[b0 + L + l];
+      const offset_t mid = (indptr[u] + indptr[u + 1]) >> 1;
+      __builtin_prefetch(indices + mid);
+      __builtin_prefetch(G + mid);
+      __builtin_prefetch(G + indptr[u]);
+      __builtin_prefetch(G + indptr[u + 1]);
+    }
+  }
+  const __m512i one = _mm512_set1_epi64(1);
+  const __m512i zero = _mm512_setzero_si512();
+  const __m512d zerod = _mm512_setzero_pd();
+  const __m512i iota = _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0);
+  __m512i start[V], deg[V], key[V];
+  __m512d g0[V], mass[V];
+  __mmask8 ok[V];
+  for (int v = 0; v < V; ++v) {
+    const __m512i u = _mm512_loadu_si512(users + b0 + 8 * v);
+    start[v] = _mm512_i64gather_epi64(u, indptr, 8);
+    const __m512i end = _mm512_i64gather_epi64(_mm512_add_epi64(u, one), indptr, 8);
+    deg[v] = _mm512_sub_epi64(end, start[v]);
+    g0[v] = _mm512_i64gather_pd(start[v], G, 8);
+    mass[v] = _mm512_sub_pd(_mm512_set1_pd(cum[n_items]), _mm512_sub_pd(_mm512_i64gather_pd(end, G, 8), g0[v]));
+    ok[v] = _mm512_cmp_pd_mask(mass[v], zerod, _CMP_GT_OQ);
+    const __mmask8 bad = static_cast<__mmask8>(~ok[v]);
+    if (bad) {
+      for (int l = 0; l < 8; ++l)
+        if (bad >> l & 1) record_failure(first_bad, b0 + 8 * v + l);
+      deg[v] = _mm512_maskz_mov_epi64(ok[v], deg[v]);  // the lane runs on an empty row; dropped
+      mass[v] = _mm512_maskz_mov_pd(ok[v], mass[v]);
+    }
+    const __m512i stream = _mm512_add_epi64(_mm512_set1_epi64(row_offset + b0 + 8 * v), iota);
+    const __m512i mixed = _mm512_add_epi64(
+        _mm512_mullo_epi64(stream, _mm512_set1_epi64(static_cast<long long>(0xD1B54A32D192ED03ull))),
+        _mm512_set1_epi64(static_cast<long long>(0x8CB92BA72F3D8DD7ull)));
+    key[v] = splitmix64_v(_mm512_xor_si512(_mm512_set1_epi64(static_cast<long long>(hseed)), mixed));
+  }
+  const __m512d unit = _mm512_set1_pd(1.0 / 9007199254740992.0);
+  const __m512d one_d = _mm512_set1_pd(1.0);
+  const __m512d last_d = _mm512_set1_pd(static_cast<double>(M - 1));
+  for (std::int64_t k = 0; k < K; ++k) {
+    const __m512i step = _mm512_set1_epi64(static_cast<long long>(static_cast<std::uint64_t>(k) * 0x9E3779B97F4A7C15ull));
+    __m512d t[V], ta[V];
+    __m512i lo[V], n[V], a[V], m[V];
+    for (int v = 0; v < V; ++v) {
+      const __m512i bits = splitmix64_v(_mm512_add_epi64(key[v], step));
+      t[v] = _mm512_mul_pd(_mm512_mul_pd(_mm512_cvtepu64_pd(_mm512_srli_epi64(bits, 11)), unit), mass[v]);
+      lo[v] = zero;
+      n[v] = deg[v];
+    }
+    for (;;) {
+      __mmask8 any = 0;
+      for (int v = 0; v < V; ++v) {
+        const __mmask8 live = _mm512_cmpgt_epi64_mask(n[v], zero);
+        const __m512i half = _mm512_srli_epi64(n[v], 1);
+        const __m512i mid = _mm512_add_epi64(lo[v], half);
+        const __m512i pos = _mm512_add_epi64(start[v], mid);
+        const __m512i item = gather_index_v<I>(live, pos, indices);
+        const __m512d gm = _mm512_mask_i64gather_pd(zerod, live, pos, G, 8);
+        const __m512d cr = _mm512_mask_i64gather_pd(zerod, live, item, cum, 8);
+        const __m512d c = _mm512_sub_pd(cr, _mm512_sub_pd(gm, g0[v]));
+        const __mmask8 right = _mm512_mask_cmp_pd_mask(live, c, t[v], _CMP_LE_OQ);
+        lo[v] = _mm512_mask_add_epi64(lo[v], right, mid, one);
+        n[v] = _mm512_mask_blend_epi64(right, half, _mm512_sub_epi64(_mm512_sub_epi64(n[v], half), one));
+        any |= _mm512_cmpgt_epi64_mask(n[v], zero);
+      }
+      if (!any) break;
+    }
+    for (int v = 0; v < V; ++v) {
+      const __m512d glo = _mm512_i64gather_pd(_mm512_add_epi64(start[v], lo[v]), G, 8);
+      ta[v] = _mm512_add_pd(t[v], _mm512_sub_pd(glo, g0[v]));
+      const __m512d q = _mm512_mul_pd(ta[v], _mm512_set1_pd(inv_h));
+      __m512i j = _mm512_cvttpd_epi64(q);
+      j = _mm512_mask_mov_epi64(j, _mm512_cmp_pd_mask(q, last_d, _CMP_GE_OQ), _mm512_set1_epi64(M - 1));
+      j = _mm512_mask_mov_epi64(j, _mm512_cmp_pd_mask(q, one_d, _CMP_LT_OQ), zero);
+      a[v] = _mm512_i64gather_epi64(j, guide, 8);
+      m[v] = _mm512_sub_epi64(_mm512_i64gather_epi64(_mm512_add_epi64(j, one), guide, 8), a[v]);
+    }
+    for (;;) {
+      __mmask8 any = 0;
+      for (int v = 0; v < V; ++v) {
+        const __mmask8 live = _mm512_cmpgt_epi64_mask(m[v], zero);
+        const __m512i half = _mm512_srli_epi64(m[v], 1);
+        const __m512i mid = _mm512_add_epi64(a[v], half);
+        const __m512d c = _mm512_mask_i64gather_pd(zerod, live, _mm512_add_epi64(mid, one), cum, 8);
+        const __mmask8 right = _mm512_mask_cmp_pd_mask(live, c, ta[v], _CMP_LE_OQ);
+        a[v] = _mm512_mask_add_epi64(a[v], right, mid, one);
+        m[v] = _mm512_mask_blend_epi64(right, half, _mm512_sub_epi64(_mm512_sub_epi64(m[v], half), one));
+        any |= _mm512_cmpgt_epi64_mask(m[v], zero);
+      }
+      if (!any) break;
+    }
+    for (int v = 0; v < V; ++v) {
+      alignas(64) std::int64_t lo_s[8], a_s[8], st_s[8], dg_s[8];
+      alignas(64) double ta_s[8];
+      _mm512_store_si512(lo_s, lo[v]);
+      _mm512_store_si512(a_s, a[v]);
+      _mm512_store_si512(st_s, start[v]);
+      _mm512_store_si512(dg_s, deg[v]);
+      _mm512_store_pd(ta_s, ta[v]);
+      for (int l = 0; l < 8; ++l) {
+        if (!(ok[v] >> l & 1)) continue;
+        const std::int64_t x = guide_fixup(cum, n_items, a_s[l], ta_s[l]);
+        out[(b0 + 8 * v + l) * K + k] = weighted_finish(cum, n_items, indices + st_s[l], dg_s[l], lo_s[l], x);
+      }
+    }
+  }
+}
+
 bool cpu_has_avx512() {
   static const bool yes = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq");
   return yes;
@@ -398,14 +519,32 @@ std::int64_t sample_negatives(const offset_t* indptr, const I* indices, std::int
       while (a < n_items && cum[a + 1] <= v) ++a;
       guide[static_cast<std::size_t>(j)] = a;
     }
-    constexpr int L = 8;
-    const std::int64_t full = batch / L;
+    std::int64_t done = 0;
+#if RF_SAMPLING_AVX512
+    if (isa_setting().load() != RF_ISA_SCALAR && cpu_has_avx512()) {
+      constexpr int V = RF_AVX512_VECTORS;
+      constexpr int L = 8 * V;
+      const std::int64_t full = batch / L;
+      const std::uint64_t hseed = splitmix64(seed);
 #pragma omp parallel for schedule(static) num_threads(resolve_threads(num_threads))
-    for (std::int64_t c = 0; c < full; ++c) {
-      weighted_lanes<I, L>(indptr, indices, n_items, users, c * L, K, seed, row_offset, cum, G, guide.data(), M,
-                           inv_h, out, first_bad, full * L);
+      for (std::int64_t c = 0; c < full; ++c) {
+        weighted_lanes_avx512<I, V>(indptr, indices, n_items, users, c * L, K, hseed, row_offset, cum, G,
+                                    guide.data(), M, inv_h, out, first_bad, full * L);
+      }
+      done = full * L;
+    } else
+#endif
+    {
+      constexpr int L = 8;
+      const std::int64_t full = batch / L;
+#pragma omp parallel for schedule(static) num_threads(resolve_threads(num_threads))
+      for (std::int64_t c = 0; c < full; ++c) {
+        weighted_lanes<I, L>(indptr, indices, n_items, users, c * L, K, seed, row_offset, cum, G, guide.data(), M,
+                             inv_h, out, first_bad, full * L);
+      }
+      done = full * L;
     }
-    for (std::int64_t b = full * L; b < batch; ++b) {
+    for (std::int64_t b = done; b < batch; ++b) {
       const std::int64_t u = users[b];
       const offset_t start = indptr[u];
       const std::int64_t deg = indptr[u + 1] - start;
