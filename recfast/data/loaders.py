@@ -112,7 +112,7 @@ class _InteractionLoader:
             # One kernel call gathers the users and items and draws the negatives (the same draws
             # as the generic path below).
             return _sample_triples(self.csr, self._users, idx.contiguous(), k, seed=self.negative_seed(),
-                                   weights=self.weights, row_offset=position)
+                                   weights=self.weights, row_offset=position, check_order=False)
         users = self._users[idx]
         neg = (self._negatives(users, position, k) if k
                else torch.empty(users.numel(), 0, dtype=torch.int64, device=self.device))

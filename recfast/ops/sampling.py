@@ -137,6 +137,7 @@ def _sample_triples(
     weights: torch.Tensor | None = None,
     row_offset: int = 0,
     num_threads: int | None = None,
+    check_order: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """A loader's batch in one CPU kernel call: for the stored entries ``order`` (positions in
     ``csr.indices``), ``(users, items, negatives)`` with ``users = row_of[order]``,
@@ -152,7 +153,11 @@ def _sample_triples(
     check_tensor(op, "row_of", row_of, dtypes=(torch.int64,), ndim=1, device=csr.device, contiguous=True)
     if row_of.numel() != csr.nnz:
         raise ValueError(f"{op}: row_of has {row_of.numel()} entries, expected nnz = {csr.nnz}")
-    check_range(op, "order", order, csr.nnz)
+    # The loaders pass their own permutation, which is in range by construction; checking would
+    # also wake torch's OpenMP pool once per batch, and its spinning threads then compete with the
+    # kernel's (a large cost on a busy machine).
+    if check_order:
+        check_range(op, "order", order, csr.nnz)
     n_items = csr.n_cols
     k = int(num_negatives)
     cum = G = None
