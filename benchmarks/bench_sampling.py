@@ -124,6 +124,17 @@ def main() -> None:
         rf = time_fn(lambda: recfast.ops.sample_negatives(d_csr, d_users, 1, seed=1), device=dev,
                      repeat=args.repeat, warmup=args.warmup)
         print(f"  recfast uniform: {n / rf / 1e3:.1f} M negatives/s")
+        if dev == "cpu" and "avx512" in recfast._C.sampling_isas():
+            # The same kernel with its AVX-512 path switched off (bit-identical output).
+            prev = recfast._C.set_sampling_isa("scalar")
+            try:
+                assert torch.equal(recfast.ops.sample_negatives(d_csr, d_users, 1, seed=1), neg)
+                rfs = time_fn(lambda: recfast.ops.sample_negatives(d_csr, d_users, 1, seed=1), device=dev,
+                              repeat=args.repeat, warmup=args.warmup)
+            finally:
+                recfast._C.set_sampling_isa(prev)
+            records.append(record("sample_negatives", "recfast_scalar_path", dev, params, rf, rfs,
+                                  note="AVX-512 uniform kernel against its scalar fallback"))
         w = (torch.bincount(csr.indices.long(), minlength=ni).double() ** 0.75).float().to(dev)
         negw = recfast.ops.sample_negatives(d_csr, d_users, 1, seed=1, weights=w)
         check_exact(csr, users, negw)

@@ -104,6 +104,43 @@ def test_weighted_negatives(csr) -> None:
     assert int(neg.max()) < 60
 
 
+@pytest.mark.parametrize("k", [1, 3])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_fused_cpu_batches_equal_gather_then_sample(csr, k, weighted) -> None:
+    """The CPU loaders' one-call batches are users[idx], items[idx] and sample_negatives' draws."""
+    w = torch.rand(csr.n_cols, generator=torch.Generator().manual_seed(0)) + 0.1 if weighted else None
+    for world_size, rank in ((1, 0), (3, 2)):
+        loader = PairwiseLoader(csr, 97, k, seed=11, weights=w, rank=rank, world_size=world_size)
+        loader.set_epoch(2)
+        expected = []
+        for position, idx in loader._batches():
+            users = loader._users[idx]
+            neg = recfast.ops.sample_negatives(csr, users, k, seed=loader.negative_seed(), weights=w,
+                                               row_offset=position)
+            expected.append((users, loader._items[idx], neg.squeeze(1) if k == 1 else neg))
+        got = list(loader)
+        assert len(got) == len(expected)
+        for g, e in zip(got, expected):
+            assert all(torch.equal(a, b) for a, b in zip(g, e))
+    # Pointwise: the positives then the batch's negatives, before its shuffle.
+    loader = PointwiseLoader(csr, 64, k, seed=3, shuffle=False, weights=w)
+    for position, (users, items, labels) in zip(range(0, csr.nnz, 64), loader):
+        n = min(64, csr.nnz - position)
+        u = loader._users[position:position + n]
+        neg = recfast.ops.sample_negatives(csr, u, k, seed=_epoch_seed_of(loader, 0), weights=w, row_offset=position)
+        assert torch.equal(users, torch.cat([u, u.repeat_interleave(k)]))
+        assert torch.equal(items, torch.cat([loader._items[position:position + n], neg.reshape(-1)]))
+
+
+def _epoch_seed_of(loader, epoch: int) -> int:
+    saved = loader.epoch
+    loader.epoch = epoch
+    try:
+        return loader.negative_seed()
+    finally:
+        loader.epoch = saved
+
+
 def test_errors(csr) -> None:
     with pytest.raises(ValueError, match="batch_size must be a positive int"):
         PairwiseLoader(csr, 0, seed=0)

@@ -190,6 +190,144 @@ def test_weighted_cache_follows_in_place_changes() -> None:
     assert (out == 9).all()
 
 
+def test_weighted_cache_does_not_outlive_the_weights_tensor() -> None:
+    """A new weights tensor at a freed one's address (same data_ptr, same _version) is not a hit."""
+    csr = random_csr(4, 10, 0.2, seed=1)
+    users = torch.tensor([u for u in range(4) if not {3, 8} & set(csr.row(u).tolist())])
+    assert users.numel() > 0
+    buf = np.zeros(10, dtype=np.float32)
+    for target in (3, 8, 3):
+        # from_numpy over one buffer: the same address and version 0 every time, different contents.
+        buf[:] = 0.0
+        buf[target] = 1.0
+        w = torch.from_numpy(buf)
+        assert (sample_negatives(csr, users, 4, seed=0, weights=w) == target).all()
+        del w
+    # Freed and reallocated by torch (the allocator usually hands the same block back).
+    for target in (3, 8, 3, 8):
+        w = torch.zeros(10)
+        w[target] = 1.0
+        assert (sample_negatives(csr, users, 4, seed=0, weights=w) == target).all()
+        del w
+
+
+@pytest.mark.parametrize("case", ["skewed", "zeros_and_tiny", "one_heavy"])
+def test_weighted_batched_path_equals_per_row_path(case) -> None:
+    """Large weighted batches go through lockstep lanes and a guide table over the CDF, single rows
+    through the per-row search: with matching row offsets both give the same draws, also where
+    rounding at bucket and row boundaries is likeliest."""
+    n_items = 300
+    csr = random_csr(80, n_items, 0.15, seed=21)
+    g = torch.Generator().manual_seed(4)
+    w = torch.rand(n_items, generator=g, dtype=torch.float64)
+    if case == "skewed":
+        w = w ** 8 * 1e6
+    elif case == "zeros_and_tiny":
+        w[::3] = 0.0
+        w[1::3] = 1e-200
+    else:
+        w[:] = 1e-9
+        w[150] = 1e9
+    users = torch.randint(0, 80, (600,), generator=g)
+    whole = sample_negatives(csr, users, 3, seed=8, weights=w)
+    for b in range(0, users.numel(), 37):
+        one = sample_negatives(csr, users[b:b + 1], 3, seed=8, weights=w, row_offset=b)
+        assert torch.equal(one, whole[b:b + 1])
+    _assert_never_positive(csr, users, whole)
+    assert torch.equal(whole[:50], _sample_negatives_ref(csr, users[:50], 3, seed=8, weights=w))
+    assert bool((w[whole] > 0).all())
+
+
+@pytest.fixture
+def restore_sampling_isa():
+    previous = recfast._C.sampling_isa()
+    yield
+    recfast._C.set_sampling_isa(previous)
+
+
+@pytest.mark.skipif("avx512" not in recfast._C.sampling_isas(), reason="this CPU has no avx512f + avx512dq")
+@pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64])
+@pytest.mark.parametrize("k", [1, 3])
+def test_avx512_and_scalar_paths_are_bit_identical(restore_sampling_isa, index_dtype, k) -> None:
+    """The uniform kernel's AVX-512 path draws exactly what the scalar path draws."""
+    csr = random_csr(700, 3000, 0.02, seed=14, index_dtype=index_dtype)
+    # Skewed degrees (so vector lanes finish their searches at different steps), empty rows and a
+    # nearly full row.
+    rows = [csr.row(u) for u in range(700)]
+    rows[5] = torch.arange(0, 3000, 2, dtype=index_dtype)
+    rows[6] = torch.empty(0, dtype=index_dtype)
+    rows[7] = torch.cat([torch.arange(0, 1234), torch.arange(1235, 3000)]).to(index_dtype)
+    indptr = torch.tensor([0] + [len(r) for r in rows]).cumsum(0)
+    csr = recfast.CSR(indptr, torch.cat(rows), (700, 3000))
+    g = torch.Generator().manual_seed(k)
+    for batch in (0, 1, 31, 32, 33, 100, 4099):
+        users = torch.randint(0, 700, (batch,), generator=g)
+        users[: batch // 3] = torch.tensor([5, 6, 7]).repeat(batch)[: batch // 3]
+        users = users[torch.randperm(batch, generator=g)]
+        got = {}
+        for isa in ("scalar", "avx512"):
+            recfast._C.set_sampling_isa(isa)
+            got[isa] = [sample_negatives(csr, users, k, seed=seed, row_offset=off, num_threads=t)
+                        for seed, off, t in ((0, 0, 1), (2**64 - 1, 12345, 2), (99, 2**40, 3))]
+        for a, b in zip(got["scalar"], got["avx512"]):
+            assert torch.equal(a, b)
+        _assert_never_positive(csr, users, got["avx512"][0])
+        if batch == 100:
+            assert torch.equal(got["avx512"][0], _sample_negatives_ref(csr, users, k, seed=0))
+    # A user without negatives is reported the same way by both paths (first bad position).
+    full = recfast.CSR(torch.tensor([0, 4, 5]), torch.tensor([0, 1, 2, 3, 2], dtype=index_dtype), (2, 4))
+    users = torch.tensor([1] * 40 + [0] + [1] * 30 + [0])
+    for isa in ("scalar", "avx512"):
+        recfast._C.set_sampling_isa(isa)
+        with pytest.raises(ValueError, match="user 0 has no negative item left"):
+            sample_negatives(full, users, k, seed=0)
+
+
+@pytest.mark.skipif("avx512" not in recfast._C.sampling_isas(), reason="this CPU has no avx512f + avx512dq")
+@pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64])
+def test_weighted_avx512_and_scalar_paths_are_bit_identical(restore_sampling_isa, index_dtype) -> None:
+    csr = random_csr(300, 500, 0.05, seed=15, index_dtype=index_dtype)
+    rows = [csr.row(u) for u in range(300)]
+    rows[3] = torch.arange(0, 500, dtype=index_dtype)[torch.arange(500) % 7 != 0]  # dense row
+    rows[4] = torch.empty(0, dtype=index_dtype)
+    csr = recfast.CSR(torch.tensor([0] + [len(r) for r in rows]).cumsum(0), torch.cat(rows), (300, 500))
+    g = torch.Generator().manual_seed(2)
+    w = torch.rand(500, generator=g, dtype=torch.float64) ** 6
+    w[::11] = 0.0
+    for k in (1, 4):
+        users = torch.randint(0, 300, (2000 + k,), generator=g)
+        users[::5] = 3
+        users[1::7] = 4
+        got = {}
+        for isa in ("scalar", "avx512"):
+            recfast._C.set_sampling_isa(isa)
+            got[isa] = sample_negatives(csr, users, k, seed=k, weights=w, row_offset=77)
+        assert torch.equal(got["scalar"], got["avx512"])
+        assert torch.equal(got["scalar"][:40], _sample_negatives_ref(csr, users[:40], k, seed=k, weights=w,
+                                                                     row_offset=77))
+        _assert_never_positive(csr, users, got["avx512"])
+    # A user with every item (no mass left) inside a large batch: both paths name it.
+    rows[7] = torch.arange(500, dtype=index_dtype)
+    full = recfast.CSR(torch.tensor([0] + [len(r) for r in rows]).cumsum(0), torch.cat(rows), (300, 500))
+    users = torch.randint(0, 300, (3000,), generator=g)
+    users[users == 7] = 8
+    users[1234] = 7
+    for isa in ("scalar", "avx512"):
+        recfast._C.set_sampling_isa(isa)
+        with pytest.raises(ValueError, match="user 7 has no weighted mass"):
+            sample_negatives(full, users, 2, seed=0, weights=torch.ones(500))
+
+
+def test_sampling_isa_switch(restore_sampling_isa) -> None:
+    assert recfast._C.sampling_isa() in ("auto", "scalar", "avx512")
+    assert "scalar" in recfast._C.sampling_isas()
+    recfast._C.set_sampling_isa("scalar")
+    assert recfast._C.set_sampling_isa("auto") == "scalar"
+    with pytest.raises(ValueError, match="set_sampling_isa: isa must be one of"):
+        recfast._C.set_sampling_isa("sse9")
+    assert recfast._C.sampling_isa() == "auto"
+
+
 @settings(max_examples=40, deadline=None)
 @given(n_users=st.integers(1, 30), n_items=st.integers(1, 40), density=st.floats(0.0, 0.95),
        k=st.integers(0, 6), seed=st.integers(0, 2**64 - 1), replace=st.booleans(), weighted=st.booleans(),

@@ -1,4 +1,6 @@
 #include <optional>
+#include <string>
+#include <vector>
 
 #include "bindings.h"
 #include "recfast/sampling.h"
@@ -26,7 +28,38 @@ std::int64_t sample(const carray<std::int64_t>& indptr, const carray<I>& indices
 }
 
 template <typename I>
+std::int64_t triples(const carray<std::int64_t>& indptr, const carray<I>& indices, std::int64_t n_items,
+                     const carray<std::int64_t>& row_of, const carray<std::int64_t>& order, std::int64_t num_negatives,
+                     std::uint64_t seed, std::int64_t row_offset, bool replace,
+                     const std::optional<carray<double>>& cum, const std::optional<carray<double>>& G,
+                     carray<std::int64_t>& users_out, carray<std::int64_t>& items_out, carray<std::int64_t>& out,
+                     int num_threads) {
+  const std::int64_t n_users = indptr.size() - 1;
+  const std::int64_t batch = order.size();
+  rp::require(cum.has_value() == G.has_value(), "sample_triples: cum and G must be given together");
+  if (cum) rp::require_size(*cum, n_items + 1, "sample_triples", "cum");
+  if (G) rp::require_size(*G, indices.size() + 1, "sample_triples", "G");
+  rp::require_size(row_of, indices.size(), "sample_triples", "row_of");
+  rp::require_size(users_out, batch, "sample_triples", "users_out");
+  rp::require_size(items_out, batch, "sample_triples", "items_out");
+  rp::require_size(out, batch * num_negatives, "sample_triples", "out");
+  py::gil_scoped_release release;
+  return recfast::cpu::sample_triples<I>(indptr.data(), indices.data(), n_users, n_items, row_of.data(), order.data(),
+                                         batch, num_negatives, seed, row_offset, replace, cum ? cum->data() : nullptr,
+                                         G ? G->data() : nullptr, users_out.mutable_data(), items_out.mutable_data(),
+                                         out.mutable_data(), num_threads);
+}
+
+template <typename I>
 void bind_typed(py::module_& m) {
+  m.def("sample_triples", &triples<I>, py::arg("indptr").noconvert(), py::arg("indices").noconvert(),
+        py::arg("n_items"), py::arg("row_of").noconvert(), py::arg("order").noconvert(), py::arg("num_negatives"),
+        py::arg("seed"), py::arg("row_offset"), py::arg("replace"), py::arg("cum").noconvert().none(true),
+        py::arg("G").noconvert().none(true), py::arg("users_out").noconvert(), py::arg("items_out").noconvert(),
+        py::arg("out").noconvert(), py::arg("num_threads"),
+        "A loader batch in one call: users_out[b] = row_of[order[b]], items_out[b] = indices[order[b]] and their "
+        "negatives in out, as sample_negatives draws them; returns -1 or the first bad batch position. Callers "
+        "validate order and row_of first.");
   m.def("sample_negatives", &sample<I>, py::arg("indptr").noconvert(), py::arg("indices").noconvert(),
         py::arg("n_items"), py::arg("users").noconvert(), py::arg("num_negatives"), py::arg("seed"),
         py::arg("row_offset"), py::arg("replace"), py::arg("cum").noconvert().none(true),
@@ -40,4 +73,23 @@ void bind_typed(py::module_& m) {
 void bind_sampling(py::module_& m) {
   bind_typed<std::int32_t>(m);
   bind_typed<std::int64_t>(m);
+  m.def("sampling_isa", [] { return std::string(recfast::cpu::sampling_isa()); },
+        "The uniform sampler's instruction-set setting: auto, scalar or avx512.");
+  m.def(
+      "set_sampling_isa",
+      [](const std::string& isa) {
+        std::string previous = recfast::cpu::sampling_isa();
+        rp::require(recfast::cpu::set_sampling_isa(isa.c_str()),
+                    "set_sampling_isa: isa must be one of auto, scalar, avx512 (avx512 needs a CPU with avx512f "
+                    "and avx512dq), got '" + isa + "'");
+        return previous;
+      },
+      py::arg("isa"),
+      "Selects the uniform sampler's path (auto, scalar or avx512; bit-identical output) and returns the "
+      "previous setting. For tests and benchmarks.");
+  m.def("sampling_isas", [] {
+    std::vector<std::string> isas{"scalar"};
+    if (recfast::cpu::sampling_avx512_available()) isas.emplace_back("avx512");
+    return isas;
+  }, "The uniform sampler's paths this CPU can run.");
 }

@@ -13,7 +13,7 @@ from typing import Any, Iterator
 import torch
 
 from ..csr import CSR
-from ..ops.sampling import sample_negatives
+from ..ops.sampling import _sample_triples, sample_negatives
 
 __all__ = ["PairwiseLoader", "PointwiseLoader"]
 
@@ -106,6 +106,18 @@ class _InteractionLoader:
         return sample_negatives(self.csr, users, k, seed=self.negative_seed(), weights=self.weights,
                                 row_offset=position)
 
+    def _triples(self, idx: torch.Tensor, position: int, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(users, items, negatives (B, K)) of the interactions ``idx`` at epoch ``position``."""
+        if self.device.type == "cpu":
+            # One kernel call gathers the users and items and draws the negatives (the same draws
+            # as the generic path below).
+            return _sample_triples(self.csr, self._users, idx.contiguous(), k, seed=self.negative_seed(),
+                                   weights=self.weights, row_offset=position, check_order=False)
+        users = self._users[idx]
+        neg = (self._negatives(users, position, k) if k
+               else torch.empty(users.numel(), 0, dtype=torch.int64, device=self.device))
+        return users, self._items[idx], neg
+
 
 class PairwiseLoader(_InteractionLoader):
     """Batches of (users, pos_items, neg_items) for pairwise losses such as BPR.
@@ -146,9 +158,7 @@ class PairwiseLoader(_InteractionLoader):
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         for position, idx in self._batches():
-            users = self._users[idx]
-            pos = self._items[idx]
-            neg = self._negatives(users, position, self.num_negatives)
+            users, pos, neg = self._triples(idx, position, self.num_negatives)
             if self.num_negatives == 1:
                 neg = neg.squeeze(1)
             yield users, pos, neg
@@ -180,10 +190,8 @@ class PointwiseLoader(_InteractionLoader):
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         k = self.num_negatives
         for position, idx in self._batches():
-            users = self._users[idx]
-            pos = self._items[idx]
+            users, pos, neg = self._triples(idx, position, k)
             b = users.numel()
-            neg = self._negatives(users, position, k) if k else torch.empty(b, 0, dtype=torch.int64, device=self.device)
             all_users = torch.cat([users, users.repeat_interleave(k)])
             all_items = torch.cat([pos, neg.reshape(-1)])
             labels = torch.cat([torch.ones(b, device=self.device), torch.zeros(b * k, device=self.device)])

@@ -21,7 +21,7 @@ from ..csr import CSR
 __all__ = ["sample_negatives"]
 
 _MASK64 = (1 << 64) - 1
-# Per-CSR cache of the weighted prefix sums, keyed by the weights tensor's identity and version.
+# Per-CSR cache of the weighted prefix sums: (weakref to the weights tensor, its _version, cum, G).
 _WEIGHT_CACHE: "weakref.WeakKeyDictionary[CSR, tuple]" = weakref.WeakKeyDictionary()
 
 
@@ -127,12 +127,66 @@ def sample_negatives(
     return out if on_cpu else host_out.to(csr.device)
 
 
+def _sample_triples(
+    csr: CSR,
+    row_of: torch.Tensor,
+    order: torch.Tensor,
+    num_negatives: int,
+    *,
+    seed: int,
+    weights: torch.Tensor | None = None,
+    row_offset: int = 0,
+    num_threads: int | None = None,
+    check_order: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A loader's batch in one CPU kernel call: for the stored entries ``order`` (positions in
+    ``csr.indices``), ``(users, items, negatives)`` with ``users = row_of[order]``,
+    ``items = csr.indices[order]`` and negatives exactly as ``sample_negatives(csr, users,
+    num_negatives, seed=seed, weights=weights, row_offset=row_offset)`` draws them.
+
+    ``row_of`` (int64, nnz) is the row of every stored entry, as the loaders keep it.
+    """
+    op = "sample_negatives"
+    if csr.device.type != "cpu":
+        raise ValueError(f"{op}: _sample_triples runs on the CPU, got a CSR on {csr.device}")
+    check_tensor(op, "order", order, dtypes=(torch.int64,), ndim=1, device=csr.device, contiguous=True)
+    check_tensor(op, "row_of", row_of, dtypes=(torch.int64,), ndim=1, device=csr.device, contiguous=True)
+    if row_of.numel() != csr.nnz:
+        raise ValueError(f"{op}: row_of has {row_of.numel()} entries, expected nnz = {csr.nnz}")
+    # The loaders pass their own permutation, which is in range by construction; checking would
+    # also wake torch's OpenMP pool once per batch, and its spinning threads then compete with the
+    # kernel's (a large cost on a busy machine).
+    if check_order:
+        check_range(op, "order", order, csr.nnz)
+    n_items = csr.n_cols
+    k = int(num_negatives)
+    cum = G = None
+    if weights is not None:
+        cum, G = _weighted_prefix(csr, weights)
+    n = order.numel()
+    users = torch.empty(n, dtype=torch.int64)
+    items = torch.empty(n, dtype=torch.int64)
+    out = torch.empty(n, k, dtype=torch.int64)
+    if n == 0:
+        return users, items, out
+    b = _C.sample_triples(np_view(csr.indptr), np_view(csr.indices), n_items, np_view(row_of), np_view(order), k,
+                          int(seed) & _MASK64, int(row_offset), True, None if cum is None else np_view(cum),
+                          None if G is None else np_view(G), np_view(users), np_view(items), np_view(out).reshape(-1),
+                          int(num_threads or 0))
+    if b >= 0:
+        _raise_no_negatives(csr, users, b, k, True, weights)
+    return users, items, out
+
+
 def _weighted_prefix(csr: CSR, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """cum (n_items + 1) and G (nnz + 1) in float64, cached per CSR and weights version."""
-    key = (weights.data_ptr(), weights._version, weights.dtype, weights.numel())
+    # Identity, not address: a freed weights tensor's memory can be reused by a new tensor with the
+    # same data_ptr and _version, so the entry holds a weak reference to the tensor it was built
+    # from and only that very tensor, unchanged since (same _version), hits.
     hit = _WEIGHT_CACHE.get(csr)
-    if hit is not None and hit[0] == key:
-        return hit[1], hit[2]
+    if hit is not None and hit[0]() is weights and hit[1] == weights._version:
+        return hit[2], hit[3]
+    version = weights._version
     w = weights.detach().to(torch.float64)
     if not bool(torch.isfinite(w).all()):
         raise ValueError("sample_negatives: weights must be finite")
@@ -141,7 +195,7 @@ def _weighted_prefix(csr: CSR, weights: torch.Tensor) -> tuple[torch.Tensor, tor
     zero = torch.zeros(1, dtype=torch.float64, device=w.device)
     cum = torch.cat([zero, torch.cumsum(w, 0)])
     G = torch.cat([zero, torch.cumsum(w[csr.indices.to(torch.int64)], 0)])
-    _WEIGHT_CACHE[csr] = (key, cum, G)
+    _WEIGHT_CACHE[csr] = (weakref.ref(weights), version, cum, G)
     return cum, G
 
 

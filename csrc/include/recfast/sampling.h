@@ -51,14 +51,15 @@ RF_HD std::int64_t row_below(const I* row, std::int64_t deg, std::int64_t x) {
   return lo;
 }
 
+// The three steps of a weighted draw, shared by weighted_unseen and the CPU's lockstep lanes.
+// C(row[j]) = cum[row[j]] - (rowG[j] - rowG[0]) is the complement mass below row item j; it is
+// non-decreasing in j, and the answer x lies after exactly j* = #{j : C(row[j]) <= t} row items.
+// Shifting t by those items' mass turns the complement search into one search of the global
+// CDF: cum[x] <= t + mass(j*) < cum[x + 1]. Two branchless searches, O(log deg + log n_items).
+// Integer masks rather than conditionals: the comparisons are unpredictable.
 template <typename I>
-RF_HD std::int64_t weighted_unseen(const double* cum, std::int64_t n_items, const I* row, const double* rowG,
-                                   std::int64_t deg, double t) {
-  // C(row[j]) = cum[row[j]] - (rowG[j] - rowG[0]) is the complement mass below row item j; it is
-  // non-decreasing in j, and the answer x lies after exactly j* = #{j : C(row[j]) <= t} row items.
-  // Shifting t by those items' mass turns the complement search into one search of the global
-  // CDF: cum[x] <= t + mass(j*) < cum[x + 1]. Two branchless searches, O(log deg + log n_items).
-  // Integer masks rather than conditionals: the comparisons are unpredictable.
+RF_HD std::int64_t weighted_row_count(const double* cum, const I* row, const double* rowG, std::int64_t deg,
+                                      double t) {
   std::int64_t lo = 0, n = deg;
   while (n > 0) {
     const std::int64_t half = n >> 1;
@@ -67,8 +68,11 @@ RF_HD std::int64_t weighted_unseen(const double* cum, std::int64_t n_items, cons
     lo += (mid + 1 - lo) & right;
     n = (half & ~right) | ((n - half - 1) & right);
   }
-  const double ta = t + (rowG[lo] - rowG[0]);
-  std::int64_t a = 0, m = n_items;
+  return lo;
+}
+
+// #{x in [a, a + m) : cum[x + 1] <= ta} + a: over [0, n_items) it is the global search.
+RF_HD std::int64_t cdf_count(const double* cum, std::int64_t a, std::int64_t m, double ta) {
   while (m > 0) {
     const std::int64_t half = m >> 1;
     const std::int64_t mid = a + half;
@@ -76,6 +80,31 @@ RF_HD std::int64_t weighted_unseen(const double* cum, std::int64_t n_items, cons
     a += (mid + 1 - a) & right;
     m = (half & ~right) | ((m - half - 1) & right);
   }
+  return a;
+}
+
+// A guide over the global CDF (CPU): guide[j] = #{x : cum[x + 1] <= j * total / M} for
+// j = 0..M, inv_h = M / total. The bucket of ta brackets the answer of the global search; when
+// rounding put ta in a neighbouring bucket, the walk after the bracketed search corrects it, so
+// the result is that of the full search (cum is non-decreasing).
+RF_HD void guide_bracket(const std::int64_t* guide, std::int64_t M, double inv_h, double ta, std::int64_t* a,
+                         std::int64_t* m) {
+  const double q = ta * inv_h;
+  const std::int64_t j = q < 1.0 ? 0 : (q >= static_cast<double>(M - 1) ? M - 1 : static_cast<std::int64_t>(q));
+  *a = guide[j];
+  *m = guide[j + 1] - guide[j];
+}
+
+RF_HD std::int64_t guide_fixup(const double* cum, std::int64_t n_items, std::int64_t a, double ta) {
+  while (a > 0 && cum[a] > ta) --a;
+  while (a < n_items && cum[a + 1] <= ta) ++a;
+  return a;
+}
+
+// x = a after `lo` row items: accept it, or repair a rounding at a boundary.
+template <typename I>
+RF_HD std::int64_t weighted_finish(const double* cum, std::int64_t n_items, const I* row, std::int64_t deg,
+                                   std::int64_t lo, std::int64_t a) {
   // Exact arithmetic puts x after exactly `lo` row items, outside the row, with positive weight.
   if (a < n_items && cum[a + 1] - cum[a] > 0.0 && (lo >= deg || static_cast<std::int64_t>(row[lo]) != a) &&
       (lo == 0 || static_cast<std::int64_t>(row[lo - 1]) < a)) {
@@ -98,6 +127,14 @@ RF_HD std::int64_t weighted_unseen(const double* cum, std::int64_t n_items, cons
     }
   }
   return x;
+}
+
+template <typename I>
+RF_HD std::int64_t weighted_unseen(const double* cum, std::int64_t n_items, const I* row, const double* rowG,
+                                   std::int64_t deg, double t) {
+  const std::int64_t lo = weighted_row_count(cum, row, rowG, deg, t);
+  const double ta = t + (rowG[lo] - rowG[0]);
+  return weighted_finish(cum, n_items, row, deg, lo, cdf_count(cum, 0, n_items, ta));
 }
 
 // Complement mass of a row: total weight minus the row's own weight.
@@ -148,6 +185,25 @@ std::int64_t sample_negatives(const offset_t* indptr, const I* indices, std::int
                               const std::int64_t* users, std::int64_t batch, std::int64_t num_negatives,
                               std::uint64_t seed, std::int64_t row_offset, bool replace, const double* cum,
                               const double* G, std::int64_t* out, int num_threads);
+
+// A loader's batch in one call: interaction e = order[b] (an index into indices) gives
+// users_out[b] = row_of[e] (the row holding e), items_out[b] = indices[e], and out[b * K ..] its
+// negatives, exactly as sample_negatives(..., users_out, ...) draws them.
+template <typename I>
+std::int64_t sample_triples(const offset_t* indptr, const I* indices, std::int64_t n_users, std::int64_t n_items,
+                            const std::int64_t* row_of, const std::int64_t* order, std::int64_t batch,
+                            std::int64_t num_negatives, std::uint64_t seed, std::int64_t row_offset, bool replace,
+                            const double* cum, const double* G, std::int64_t* users_out, std::int64_t* items_out,
+                            std::int64_t* out, int num_threads);
+
+// The uniform kernel's instruction set, for tests and benchmarks: "auto" (AVX-512 where the CPU
+// has avx512f and avx512dq and n_items < 2^32, else scalar), "scalar" or "avx512" (falls back to
+// scalar when n_items >= 2^32). Both paths give bit-identical output. The initial setting comes
+// from the environment variable RECFAST_SAMPLING_ISA. set_sampling_isa returns false (and changes
+// nothing) for an unknown name or for "avx512" on a CPU without it.
+const char* sampling_isa();
+bool set_sampling_isa(const char* name);
+bool sampling_avx512_available();
 
 }  // namespace recfast::cpu
 
