@@ -11,12 +11,14 @@ and ``reduction`` combines the loss_b: "mean" (LightGCN's penalty l2 * (...) / 2
 
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Optional
 
 import torch
 
 from .. import _C
-from .._backend import INDEX_DTYPES, check_range, check_tensor, cuda_module, np_view, stream_of
+from .._backend import INDEX_DTYPES, check_range, check_tensor, check_threads, cuda_module, np_view, stream_of
 from ..csr import CSR
 
 __all__ = ["bpr_loss", "bpr_sgd_step"]
@@ -223,7 +225,7 @@ def bpr_loss(
         raise ValueError(f"{op}: item_emb has dimension {item_emb.shape[1]}, user_emb {user_emb.shape[1]}")
     if reduction not in _REDUCTIONS:
         raise ValueError(f"{op}: reduction must be one of {_REDUCTIONS}, got {reduction!r}")
-    if not isinstance(l2, (int, float)) or l2 < 0:
+    if isinstance(l2, bool) or not isinstance(l2, numbers.Real) or not 0 <= l2 < math.inf:
         raise ValueError(f"{op}: l2 must be a non-negative number, got {l2!r}")
     dev = user_emb.device
     n_users, n_items = user_emb.shape[0], item_emb.shape[0]
@@ -301,15 +303,23 @@ def bpr_sgd_step(
             raise ValueError(f"{op}: item_bias has {item_bias.numel()} entries, expected {item_emb.shape[0]}")
     if isinstance(num_negatives, bool) or not isinstance(num_negatives, int) or num_negatives < 1:
         raise ValueError(f"{op}: num_negatives must be a positive int, got {num_negatives!r}")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"{op}: seed must be an int, got {type(seed).__name__}")
+    for name, v in (("lr", lr), ("l2", l2)):
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not 0 <= v < math.inf:
+            raise ValueError(f"{op}: {name} must be a non-negative number (finite), got {v!r}")
+    nt = check_threads(op, num_threads)
     u64 = _check_ids(op, "users", users, user_emb.shape[0], torch.device("cpu"))
     p64 = _check_ids(op, "pos_items", pos_items, item_emb.shape[0], torch.device("cpu"))
     if u64.dim() != 1 or p64.shape != u64.shape:
         raise ValueError(f"{op}: users and pos_items must be (B,) of equal length")
+    if isinstance(row_offset, bool) or not isinstance(row_offset, numbers.Integral) or \
+            not 0 <= row_offset <= 2**63 - 1 - u64.numel():
+        raise ValueError(f"{op}: row_offset must be a non-negative int below 2**63 - len(users), got {row_offset!r}")
     c = csr.to("cpu")
     loss, bad = _C.bpr_sgd_step(np_view(user_emb), np_view(item_emb), None if item_bias is None else np_view(item_bias),
                                 np_view(c.indptr), np_view(c.indices), np_view(u64), np_view(p64), int(num_negatives),
-                                int(seed) & ((1 << 64) - 1), int(row_offset), float(lr), float(l2),
-                                int(num_threads or 0))
+                                int(seed) & ((1 << 64) - 1), int(row_offset), float(lr), float(l2), nt)
     if bad >= 0:
         raise ValueError(f"{op}: user {int(u64[bad])} has no negative item left (it has all {csr.n_cols} items)")
     return float(loss)
