@@ -131,9 +131,11 @@ def sample_negatives(
 
 def _weighted_prefix(csr: CSR, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """cum (n_items + 1) and G (nnz + 1) in float64, cached per CSR and weights version."""
+    # The tensor itself (weakly) and its version: a new tensor that reuses a freed one's memory
+    # has the same data_ptr and version 0, and once hit this cache with the old sums.
     key = (weights.data_ptr(), weights._version, weights.dtype, weights.numel())
     hit = _WEIGHT_CACHE.get(csr)
-    if hit is not None and hit[0] == key:
+    if hit is not None and hit[0] == key and hit[3]() is weights:
         return hit[1], hit[2]
     w = weights.detach().to(torch.float64)
     if not bool(torch.isfinite(w).all()):
@@ -143,7 +145,7 @@ def _weighted_prefix(csr: CSR, weights: torch.Tensor) -> tuple[torch.Tensor, tor
     zero = torch.zeros(1, dtype=torch.float64, device=w.device)
     cum = torch.cat([zero, torch.cumsum(w, 0)])
     G = torch.cat([zero, torch.cumsum(w[csr.indices.to(torch.int64)], 0)])
-    _WEIGHT_CACHE[csr] = (key, cum, G)
+    _WEIGHT_CACHE[csr] = (key, cum, G, weakref.ref(weights))
     return cum, G
 
 
