@@ -193,6 +193,17 @@ def test_sample_negatives_named_errors() -> None:
     assert sample_negatives(csr, torch.tensor([1]), 0, seed=0).shape == (1, 0)
 
 
+def test_sample_negatives_weights_cache_never_serves_another_tensor() -> None:
+    """A new weights tensor at the address of an old one (same data_ptr, version 0) once got the old
+    tensor's cached prefix sums: here item 0 has zero weight and must never be drawn."""
+    csr = make_csr(np.array([[1, 1], [0, 1]], dtype=bool))
+    a = np.ones(2)
+    assert sample_negatives(csr, torch.tensor([1]), 1, seed=0, weights=torch.from_numpy(a)).tolist() == [[0]]
+    a[:] = [0.0, 1.0]
+    with raises_named("sample_negatives", "user 1 has no weighted mass"):
+        sample_negatives(csr, torch.tensor([1]), 1, seed=0, weights=torch.from_numpy(a))
+
+
 @FUZZ
 @given(data=st.data(), n_users=st.integers(1, 6), n_items=st.integers(1, 7), d=st.sampled_from([0, 1, 3, 8]),
        K=st.integers(1, 3), dtype=st.sampled_from([torch.float32, torch.float64]), bias=st.booleans(),
