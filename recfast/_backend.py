@@ -130,3 +130,19 @@ def check_range(op: str, name: str, t: torch.Tensor, upper: int) -> None:
 
 
 INDEX_DTYPES = (torch.int32, torch.int64)
+
+MAX_THREADS = 1024
+"""The most OpenMP threads an op accepts: far more asked for crashed libgomp (10**6 segfaulted)."""
+
+
+def check_threads(op: str, num_threads: Any) -> int:
+    """``num_threads`` as the kernels take it (0: OpenMP's default); TypeError/ValueError naming
+    ``op`` unless it is None or an int in [0, MAX_THREADS]."""
+    if num_threads is None:
+        return 0
+    if isinstance(num_threads, bool) or not isinstance(num_threads, (int, np.integer)):
+        raise TypeError(f"{op}: num_threads must be None or an int, got {type(num_threads).__name__}")
+    n = int(num_threads)
+    if not 0 <= n <= MAX_THREADS:
+        raise ValueError(f"{op}: num_threads must be in [0, {MAX_THREADS}] (0 or None: OpenMP's default), got {n}")
+    return n

@@ -22,7 +22,7 @@ cp -r "$root/recfast" "$work/site/"
 rm -f "$work/site/recfast/"_C*.so
 cp "$work/lib/"_C*.so "$work/site/recfast/"
 tests=()
-for t in build csr sampling loaders bpr optim spmm graph topk eval robustness; do
+for t in build csr sampling loaders bpr optim spmm graph topk eval robustness int64; do
   [ -f "$root/tests/test_$t.py" ] && tests+=("$root/tests/test_$t.py")
 done
 cd "$work"

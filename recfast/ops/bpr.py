@@ -11,13 +11,15 @@ and ``reduction`` combines the loss_b: "mean" (LightGCN's penalty l2 * (...) / 2
 
 from __future__ import annotations
 
+import math
+import numbers
 import weakref
 from typing import Optional
 
 import torch
 
 from .. import _C
-from .._backend import INDEX_DTYPES, check_range, check_tensor, cuda_module, np_view, stream_of
+from .._backend import INDEX_DTYPES, check_range, check_tensor, check_threads, cuda_module, np_view, stream_of
 from ..csr import CSR
 
 __all__ = ["bpr_loss", "bpr_sgd_step", "bpr_sgd_epoch"]
@@ -224,7 +226,7 @@ def bpr_loss(
         raise ValueError(f"{op}: item_emb has dimension {item_emb.shape[1]}, user_emb {user_emb.shape[1]}")
     if reduction not in _REDUCTIONS:
         raise ValueError(f"{op}: reduction must be one of {_REDUCTIONS}, got {reduction!r}")
-    if not isinstance(l2, (int, float)) or l2 < 0:
+    if isinstance(l2, bool) or not isinstance(l2, numbers.Real) or not 0 <= l2 < math.inf:
         raise ValueError(f"{op}: l2 must be a non-negative number, got {l2!r}")
     dev = user_emb.device
     n_users, n_items = user_emb.shape[0], item_emb.shape[0]
@@ -249,7 +251,7 @@ def bpr_loss(
     return _bpr_op(U, V, bias, users64, pos64, neg64.contiguous(), float(l2), reduction)[0]
 
 
-def _check_sgd(op: str, user_emb, item_emb, csr, item_bias, num_negatives, lr, l2) -> None:
+def _check_sgd(op: str, user_emb, item_emb, csr, item_bias, num_negatives, lr, l2, seed) -> None:
     for name, t in (("user_emb", user_emb), ("item_emb", item_emb)):
         check_tensor(op, name, t, dtypes=(torch.float32,), ndim=2)
         if t.device.type != "cpu":
@@ -270,18 +272,19 @@ def _check_sgd(op: str, user_emb, item_emb, csr, item_bias, num_negatives, lr, l
             raise ValueError(f"{op}: item_bias has {item_bias.numel()} entries, expected {item_emb.shape[0]}")
     if isinstance(num_negatives, bool) or not isinstance(num_negatives, int) or num_negatives < 1:
         raise ValueError(f"{op}: num_negatives must be a positive int, got {num_negatives!r}")
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
-        raise ValueError(f"{op}: lr must be a positive number, got {lr!r}")
-    if isinstance(l2, bool) or not isinstance(l2, (int, float)) or not l2 >= 0:
-        raise ValueError(f"{op}: l2 must be a non-negative number, got {l2!r}")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"{op}: seed must be an int, got {type(seed).__name__}")
+    if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not 0 < lr < math.inf:
+        raise ValueError(f"{op}: lr must be a positive finite number, got {lr!r}")
+    if isinstance(l2, bool) or not isinstance(l2, numbers.Real) or not 0 <= l2 < math.inf:
+        raise ValueError(f"{op}: l2 must be a non-negative finite number, got {l2!r}")
 
 
 def _threads(op: str, num_threads: int | None) -> int:
-    if num_threads is None:
-        return 0
-    if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1:
+    n = check_threads(op, num_threads)
+    if num_threads is not None and n < 1:
         raise ValueError(f"{op}: num_threads must be a positive int or None, got {num_threads!r}")
-    return num_threads
+    return n
 
 
 # The row of each stored entry (int32), computed once per CSR: CSR is immutable.
@@ -342,7 +345,7 @@ def bpr_sgd_epoch(
     True
     """
     op = "bpr_sgd_epoch"
-    _check_sgd(op, user_emb, item_emb, csr, item_bias, num_negatives, lr, l2)
+    _check_sgd(op, user_emb, item_emb, csr, item_bias, num_negatives, lr, l2, seed)
     nnz = csr.nnz
     stop = nnz if stop is None else stop
     for name, v in (("start", start), ("stop", stop)):
@@ -401,16 +404,19 @@ def bpr_sgd_step(
     True
     """
     op = "bpr_sgd_step"
-    _check_sgd(op, user_emb, item_emb, csr, item_bias, num_negatives, lr, l2)
+    _check_sgd(op, user_emb, item_emb, csr, item_bias, num_negatives, lr, l2, seed)
+    nt = check_threads(op, num_threads)
     u64 = _check_ids(op, "users", users, user_emb.shape[0], torch.device("cpu"))
     p64 = _check_ids(op, "pos_items", pos_items, item_emb.shape[0], torch.device("cpu"))
     if u64.dim() != 1 or p64.shape != u64.shape:
         raise ValueError(f"{op}: users and pos_items must be (B,) of equal length")
+    if isinstance(row_offset, bool) or not isinstance(row_offset, numbers.Integral) or \
+            not 0 <= row_offset <= 2**63 - 1 - u64.numel():
+        raise ValueError(f"{op}: row_offset must be a non-negative int below 2**63 - len(users), got {row_offset!r}")
     c = csr.to("cpu")
     loss, bad = _C.bpr_sgd_step(np_view(user_emb), np_view(item_emb), None if item_bias is None else np_view(item_bias),
                                 np_view(c.indptr), np_view(c.indices), np_view(u64), np_view(p64), int(num_negatives),
-                                int(seed) & ((1 << 64) - 1), int(row_offset), float(lr), float(l2),
-                                _threads(op, num_threads))
+                                int(seed) & ((1 << 64) - 1), int(row_offset), float(lr), float(l2), nt)
     if bad >= 0:
         raise ValueError(f"{op}: user {int(u64[bad])} has no negative item left (it has all {csr.n_cols} items)")
     return float(loss)

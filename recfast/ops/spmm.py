@@ -7,6 +7,7 @@ transpose, which each ``CSR`` computes once and caches (a symmetric matrix is it
 
 from __future__ import annotations
 
+import numbers
 from typing import Optional, Sequence
 
 import torch
@@ -205,7 +206,10 @@ def lightgcn_propagate(adj: CSR, emb: torch.Tensor, num_layers: int, *,
     if layer_weights is None:
         weights = [1.0 / (num_layers + 1)] * (num_layers + 1)
     else:
-        weights = [float(w) for w in layer_weights]
+        try:
+            weights = [float(w) for w in layer_weights]
+        except (TypeError, ValueError):
+            raise TypeError(f"lightgcn_propagate: layer_weights must be numbers, got {layer_weights!r}") from None
         if len(weights) != num_layers + 1:
             raise ValueError(f"lightgcn_propagate: layer_weights has {len(weights)} entries, "
                              f"expected num_layers + 1 = {num_layers + 1}")
@@ -230,9 +234,11 @@ def edge_dropout(csr: CSR, p: float, *, seed: int) -> CSR:
         raise TypeError(f"edge_dropout: csr must be a recfast.CSR, got {type(csr).__name__}")
     if not (isinstance(p, (int, float)) and 0.0 <= p < 1.0):
         raise ValueError(f"edge_dropout: p must be in [0, 1), got {p!r}")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"edge_dropout: seed must be an int, got {type(seed).__name__}")
     if p == 0:
         return csr
-    g = torch.Generator().manual_seed(int(seed))
+    g = torch.Generator().manual_seed(int(seed) & ((1 << 64) - 1))  # as manual_seed reads a negative seed
     keep = (torch.rand(csr.nnz, generator=g) >= p).to(csr.device)
     rows = torch.repeat_interleave(torch.arange(csr.n_rows, device=csr.device), csr.row_lengths())
     counts = torch.bincount(rows[keep], minlength=csr.n_rows)

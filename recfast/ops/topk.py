@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from .. import _C
-from .._backend import INDEX_DTYPES, check_range, check_tensor, cuda_module, np_view, stream_of
+from .._backend import INDEX_DTYPES, check_range, check_tensor, check_threads, cuda_module, np_view, stream_of
 from ..csr import CSR
 
 __all__ = ["topk", "topk_scores"]
@@ -95,6 +95,10 @@ def topk(
         check_tensor(op, "key_bias", key_bias, dtypes=_FLOATS, ndim=1, device=queries.device)
         if key_bias.numel() != keys.shape[0]:
             raise ValueError(f"{op}: key_bias has {key_bias.numel()} entries, expected n_items = {keys.shape[0]}")
+    for name, v in (("block_size", block_size), ("tile_size", tile_size)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{op}: {name} must be a positive int, got {v!r}")
+    num_threads = check_threads(op, num_threads)
     n_rows, n_items = queries.shape[0], keys.shape[0]
     rows64 = _check_common(op, n_rows, n_items, queries.device, k, exclude, rows)
     if queries.device.type == "cuda":
@@ -122,6 +126,7 @@ def topk_scores(
     op = "topk_scores"
     check_tensor(op, "scores", scores, dtypes=_FLOATS, ndim=2)
     n_rows, n_items = scores.shape
+    num_threads = check_threads(op, num_threads)
     rows64 = _check_common(op, n_rows, n_items, scores.device, k, exclude, rows)
     if scores.device.type == "cuda":
         return _topk_cuda(op, None, None, k, exclude, rows64, None, n_rows or 1, n_items or 1, scores=scores)
@@ -254,6 +259,8 @@ def _topk_cuda(op, queries, keys, k, exclude, rows64, key_bias, block_size, tile
     top_i = torch.full((n_rows, k), -1, dtype=torch.int64, device=device)
     if n_rows == 0 or k == 0 or n_items == 0:
         return top_s, top_i
+    if n_items > _LOW:  # _keys packs each id into 31 bits
+        raise ValueError(f"{op}: on CUDA n_items must be below 2**31, got {n_items}")
     mod = cuda_module(op) if exclude is not None else None
     block = max(1, min(max(block_size, 2048), n_rows))
     tile = max(1, min(max(tile_size, 32768), n_items))
