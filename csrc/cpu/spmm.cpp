@@ -52,7 +52,14 @@ struct Job {
   T w0, w;
 };
 
-constexpr int kPrefetchAhead = 8;  // nonzeros
+// Software prefetch of the neighbour row about 256 cache lines (16 KiB, well inside L1) ahead:
+// 64 nonzeros at d = 64 floats, 16 at d = 256. Measured on Zen 4 at d = 32/64/128, one thread:
+// 8 nonzeros ahead (the hardware prefetcher cannot guess a gather) was 1.3-1.5x slower.
+constexpr std::int64_t kPrefetchLines = 256;
+
+constexpr std::int64_t prefetch_distance(std::int64_t row_lines) {
+  return std::max<std::int64_t>(8, std::min<std::int64_t>(256, kPrefetchLines / row_lines));
+}
 
 // GCC contracts a * b + c into an FMA wherever the target has one (even across statements); an
 // empty asm on the product hides it, so each ISA copy rounds the product the same way.
@@ -79,6 +86,7 @@ __attribute__((always_inline)) inline void row_fixed(const Job<I, T>& job, std::
   constexpr int L = Vec<VB, T>::lanes;
   constexpr int NV = D / L;
   constexpr int kLines = static_cast<int>((D * sizeof(T) + 63) / 64);
+  constexpr std::int64_t kAhead = prefetch_distance(kLines);
   static_assert(D % L == 0, "row width must be a multiple of the vector width");
   const I* __restrict idx = job.indices;
   const T* __restrict vals = job.values;
@@ -87,8 +95,8 @@ __attribute__((always_inline)) inline void row_fixed(const Job<I, T>& job, std::
   for (int q = 0; q < NV; ++q) acc[q] = V{};
   const offset_t end = job.indptr[r + 1];
   for (offset_t p = job.indptr[r]; p < end; ++p) {
-    if (p + kPrefetchAhead < pf_end) {
-      const char* nx = reinterpret_cast<const char*>(x + static_cast<std::int64_t>(idx[p + kPrefetchAhead]) * D);
+    if (p + kAhead < pf_end) {
+      const char* nx = reinterpret_cast<const char*>(x + static_cast<std::int64_t>(idx[p + kAhead]) * D);
       for (int c = 0; c < kLines; ++c) __builtin_prefetch(nx + 64 * c, 0, 3);
     }
     const T v = kValued ? vals[p] : T(1);
@@ -135,13 +143,15 @@ __attribute__((always_inline)) inline void row_generic(const Job<I, T>& job, std
   using V = typename Vec<VB, T>::type;
   constexpr int L = Vec<VB, T>::lanes;
   const std::int64_t d = job.d;
-  const std::int64_t lines = std::min<std::int64_t>((d * static_cast<std::int64_t>(sizeof(T)) + 63) / 64, 16);
+  const std::int64_t row_lines = (d * static_cast<std::int64_t>(sizeof(T)) + 63) / 64;
+  const std::int64_t lines = std::min<std::int64_t>(row_lines, 16);  // very wide rows: their head only
+  const std::int64_t ahead = prefetch_distance(std::max<std::int64_t>(row_lines, 1));
   const I* __restrict idx = job.indices;
   for (std::int64_t j = 0; j < d; ++j) tmp[j] = T(0);
   const offset_t end = job.indptr[r + 1];
   for (offset_t p = job.indptr[r]; p < end; ++p) {
-    if (p + kPrefetchAhead < pf_end) {
-      const char* nx = reinterpret_cast<const char*>(job.x + static_cast<std::int64_t>(idx[p + kPrefetchAhead]) * d);
+    if (p + ahead < pf_end) {
+      const char* nx = reinterpret_cast<const char*>(job.x + static_cast<std::int64_t>(idx[p + ahead]) * d);
       for (std::int64_t c = 0; c < lines; ++c) __builtin_prefetch(nx + 64 * c, 0, 3);
     }
     const T v = kValued ? job.values[p] : T(1);
