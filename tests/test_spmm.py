@@ -212,6 +212,31 @@ def test_lightgcn_matches_reference_for_each_width(d, valued) -> None:
     torch.testing.assert_close(got.double(), torch.from_numpy(want), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("d", [3, 64, 100])
+@pytest.mark.parametrize("zero_fraction", [0.0, 0.9])
+def test_lightgcn_is_bitwise_the_sum_of_spmm_layers(d, zero_fraction) -> None:
+    # lightgcn_propagate fuses layer 1 with the w0 term and never stores the last layer: neither may
+    # change a bit. Mostly-zero inputs (a batch's loss gradient, the backward's input) and -0 rows too.
+    from recfast import _C
+
+    a = _skewed_csr(500, seed=13)
+    rng = np.random.default_rng(d)
+    x = rng.standard_normal((500, d)).astype(np.float32)
+    x[rng.random(500) < zero_fraction] = 0.0
+    x[rng.random(500) < 0.05] = -0.0
+    w = np.float32([0.4, 0.3, 0.2, 0.1])
+    ip, ix, vals = a.indptr.numpy(), a.indices.numpy(), a.values.numpy()
+    got = [np.empty_like(x) for _ in range(3)]
+    _C.lightgcn_propagate(ip, ix, vals, x, [float(v) for v in w], *got, 2)
+    cur, want = x, None
+    for wl in w[1:]:
+        nxt = np.empty_like(x)
+        _C.spmm(ip, ix, vals, cur, nxt, 2)
+        want = w[0] * x + wl * nxt if want is None else want + wl * nxt
+        cur = nxt
+    assert np.array_equal(got[0], want)
+
+
 @pytest.mark.parametrize("layers", [1, 2, 3])
 def test_lightgcn_writes_only_the_buffers_it_needs(layers) -> None:
     # Layer 1 is fused with the w0 term and the last layer is added into out, never stored.
