@@ -19,7 +19,8 @@ namespace recfast::cpu {
 namespace {
 
 // ---- ISA selection: once, at load --------------------------------------------------------------
-// RECFAST_SPMM_ISA=base|avx2|avx512 caps the level (tests compare the capped outputs exactly).
+// RECFAST_SPMM_ISA=base|avx2 caps the level (any other value: no cap); tests compare the capped
+// outputs with the uncapped ones exactly.
 enum Isa : int { kIsaBase = 0, kIsaAvx2 = 1, kIsaAvx512 = 2 };
 
 int detect_isa() {
@@ -355,6 +356,9 @@ void normalized_adjacency(const offset_t* indptr, const I* indices, const offset
     }
   }
 }
+
+#undef RF_ROUNDED
+#undef RF_SPLAT
 
 #define RF_INSTANTIATE(I, T)                                                                                      \
   template void spmm<I, T>(const offset_t*, const I*, const T*, std::int64_t, const T*, std::int64_t, T*, int);  \
