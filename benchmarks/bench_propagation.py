@@ -7,13 +7,20 @@ measured in the same run.
 Compulsory bytes of one SpMM (n rows, nnz entries, width d, 4-byte floats and indices):
 indptr 8(n+1) + indices 4 nnz + values 4 nnz + dense input 4 n d + output 4 n d.
 
-  python benchmarks/bench_propagation.py [--device cuda] [--large] [--quick]
+  python benchmarks/bench_propagation.py [--device cuda] [--large] [--quick] [--compare-build PATH]
+
+--compare-build loads another build's recfast._C (a _C*.so, or a folder holding one: e.g. main's
+build) and times its spmm and 3-layer lightgcn_propagate kernels against this build's, interleaved
+call by call in this process (A/B on a shared machine), baseline "build:<path>".
 """
 
 from __future__ import annotations
 
+import importlib.util
+import statistics
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
@@ -45,12 +52,69 @@ def copy_bandwidth(dev: str) -> float:
     return 2 * a.numel() * 4 / (ms / 1e3) / 1e9
 
 
+def load_build(path: str):
+    """Another build's recfast._C extension module, loaded beside ours under another name."""
+    p = Path(path)
+    if p.is_dir():
+        found = sorted(p.glob("_C.*.so")) + sorted(p.glob("recfast/_C.*.so"))
+        if not found:
+            raise SystemExit(f"--compare-build: no _C*.so in {p}")
+        p = found[0]
+    spec = importlib.util.spec_from_file_location("recfast_compare._C", p)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def interleaved(fa, fb, repeat: int, warmup: int) -> tuple[float, float, float]:
+    """Medians of fa and fb timed alternately, and the median of the per-pair ratios a / b."""
+    for _ in range(warmup):
+        fa(), fb()
+    ta, tb = [], []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fa()
+        t1 = time.perf_counter()
+        fb()
+        t2 = time.perf_counter()
+        ta.append((t1 - t0) * 1e3)
+        tb.append((t2 - t1) * 1e3)
+    return statistics.median(ta), statistics.median(tb), statistics.median(a / b for a, b in zip(ta, tb))
+
+
+def compare_builds(other, adj, x, params: dict, args) -> list[dict]:
+    """This build's kernels (recfast) against another build's (baseline), same inputs, interleaved."""
+    from recfast import _C
+
+    n, d = x.shape
+    ip, ix, vv, xn = adj.indptr.numpy(), adj.indices.numpy(), adj.values.numpy(), x.numpy()
+    bufs = [torch.empty(n, d).numpy() for _ in range(6)]
+    w = [0.25] * 4
+    cases = {
+        "spmm": (lambda: _C.spmm(ip, ix, vv, xn, bufs[0], 0), lambda: other.spmm(ip, ix, vv, xn, bufs[3], 0)),
+        "lightgcn_propagate": (lambda: _C.lightgcn_propagate(ip, ix, vv, xn, w, *bufs[:3], 0),
+                               lambda: other.lightgcn_propagate(ip, ix, vv, xn, w, *bufs[3:], 0)),
+    }
+    out = []
+    for op, (ours, theirs) in cases.items():
+        repeat = max(3 * args.repeat, 15)
+        theirs_ms, ours_ms, ratio = interleaved(theirs, ours, repeat, args.warmup)
+        print(f"  {op}: this build {ours_ms:.2f} ms, {args.compare_build} {theirs_ms:.2f} ms, "
+              f"median pairwise ratio {ratio:.3f}")
+        out.append(record(op, f"build:{args.compare_build}", "cpu", {**params, "layers": 3} if op != "spmm" else params,
+                          ours_ms, theirs_ms, pairwise_speedup=round(ratio, 3),
+                          max_abs_diff=float(abs(bufs[0] - bufs[3]).max())))
+    return out
+
+
 def main() -> None:
     p = base_parser(__doc__, "propagation")
     p.add_argument("--large", action="store_true", help="also ~2M nodes / 100M nonzeros")
     p.add_argument("--d", type=int, default=64)
+    p.add_argument("--compare-build", default=None, help="another build's _C*.so (or its folder), CPU only")
     args = p.parse_args()
     dev, d = args.device, args.d
+    other = load_build(args.compare_build) if args.compare_build and dev == "cpu" else None
     graphs = [("small", 3_000, 4_000, 80_000)] if args.quick else [("gowalla", 29_858, 40_981, 810_128)]
     if args.large:
         graphs.append(("large", 1_200_000, 800_000, 50_000_000))
@@ -75,6 +139,8 @@ def main() -> None:
         extra = {"compulsory_bytes": comp, "recfast_gb_per_s": round(gbs, 2), "copy_gb_per_s": round(bw, 2),
                  "fraction_of_copy_bandwidth": round(gbs / bw, 3)}
         print(f"  recfast spmm {rf:.2f} ms = {gbs:.1f} GB/s of compulsory traffic ({100 * gbs / bw:.0f}% of copy)")
+        if other is not None:
+            records += compare_builds(other, adj, x, params, args)
         records.append(record("spmm", "torch_sparse_csr", dev, params, rf,
                               time_fn(lambda: ref @ x, device=dev, repeat=args.repeat, warmup=args.warmup), **extra))
         coo = ref.to_sparse_coo().coalesce()

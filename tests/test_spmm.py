@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -14,6 +20,9 @@ import recfast
 from recfast.graph import normalized_adjacency
 from recfast.ops import edge_dropout, lightgcn_propagate, spmm
 from conftest import random_csr, requires_cuda
+
+_PKG_PARENT = str(Path(recfast.__file__).resolve().parents[1])
+_WIDTHS = [3, 16, 32, 64, 100, 128, 256]  # the fixed-width kernels, and two widths that take the generic one
 
 
 def _dense_ref(csr: recfast.CSR, x: torch.Tensor) -> torch.Tensor:
@@ -108,6 +117,139 @@ def test_bitwise_identical_for_any_thread_count(threads) -> None:
         _C.spmm(a.indptr.numpy(), a.indices.numpy(), a.values.numpy(), x.numpy(), out.numpy(), t)
         outs.append(out)
     assert torch.equal(outs[0], outs[1])
+
+
+def _skewed_csr(n: int, *, seed: int, values: bool = True) -> recfast.CSR:
+    """A square matrix with a few heavy rows and columns and some empty rows, so the nnz-balanced
+    chunks differ with the thread count and prefetches cross row ends."""
+    rng = np.random.default_rng(seed)
+    deg = np.minimum(rng.zipf(1.6, n) - 1, n // 2)
+    deg[rng.random(n) < 0.1] = 0
+    rows = np.repeat(np.arange(n), deg)
+    cols = np.concatenate([rng.choice(n, k, replace=False) for k in deg]) if deg.sum() else np.zeros(0, int)
+    vals = torch.from_numpy(rng.standard_normal(rows.size).astype(np.float32)) if values else None
+    return recfast.CSR.from_coo(torch.from_numpy(rows), torch.from_numpy(cols), vals, shape=(n, n))
+
+
+def _kernel_outputs(a: recfast.CSR, xs: dict, threads: int) -> dict:
+    """spmm and a 3-layer lightgcn_propagate straight through _C, for each width in xs."""
+    from recfast import _C
+
+    ip, ix = a.indptr.numpy(), a.indices.numpy()
+    vals = None if a.values is None else a.values.numpy()
+    res = {}
+    for d, x in xs.items():
+        out = np.empty_like(x)
+        _C.spmm(ip, ix, vals, x, out, threads)
+        res[f"spmm{d}"] = out
+        bufs = [np.empty_like(x) for _ in range(3)]
+        _C.lightgcn_propagate(ip, ix, vals, x, [0.4, 0.3, 0.2, 0.1], *bufs, threads)
+        res[f"lgcn{d}"] = bufs[0]
+    return res
+
+
+@pytest.mark.parametrize("valued", [True, False])
+def test_bitwise_identical_for_any_thread_count_and_width(valued) -> None:
+    a = _skewed_csr(700, seed=10, values=valued)
+    g = np.random.default_rng(0)
+    xs = {d: g.standard_normal((700, d)).astype(np.float32) for d in _WIDTHS}
+    one = _kernel_outputs(a, xs, 1)
+    for threads in (2, 3):
+        many = _kernel_outputs(a, xs, threads)
+        for key in one:
+            assert np.array_equal(one[key], many[key]), (key, threads)
+
+
+_ISA_SCRIPT = textwrap.dedent("""
+    import sys
+    import numpy as np
+    import torch
+    import recfast
+    sys.path.insert(0, {tests!r})
+    import test_spmm as t
+    inp = np.load({inp!r})
+    a = recfast.CSR(torch.from_numpy(inp["indptr"]), torch.from_numpy(inp["indices"]), (700, 700),
+                    torch.from_numpy(inp["values"]))
+    xs = {{int(k[1:]): inp[k] for k in inp.files if k.startswith("x")}}
+    np.savez({out!r}, **t._kernel_outputs(a, xs, 2))
+""")
+
+
+@pytest.mark.parametrize("cap", ["base", "avx2"])
+def test_isa_cap_gives_bitwise_identical_results(tmp_path, cap) -> None:
+    # RECFAST_SPMM_ISA is read when _C loads, so the capped copy runs in a subprocess.
+    a = _skewed_csr(700, seed=11)
+    g = np.random.default_rng(1)
+    xs = {d: g.standard_normal((700, d)).astype(np.float32) for d in _WIDTHS}
+    inp, out = tmp_path / "in.npz", tmp_path / "out.npz"
+    np.savez(inp, indptr=a.indptr.numpy(), indices=a.indices.numpy(), values=a.values.numpy(),
+             **{f"x{d}": x for d, x in xs.items()})
+    script = tmp_path / "run.py"
+    script.write_text(_ISA_SCRIPT.format(tests=str(Path(__file__).resolve().parent), inp=str(inp), out=str(out)))
+    env = {**os.environ, "RECFAST_SPMM_ISA": cap,
+           "PYTHONPATH": _PKG_PARENT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    p = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    want = _kernel_outputs(a, xs, 2)
+    got = np.load(out)
+    for key in want:
+        assert np.array_equal(got[key], want[key]), key
+
+
+@pytest.mark.parametrize("d", _WIDTHS)
+@pytest.mark.parametrize("valued", [True, False])
+def test_lightgcn_matches_reference_for_each_width(d, valued) -> None:
+    a = _skewed_csr(300, seed=d, values=valued)
+    x = torch.randn(300, d, generator=torch.Generator().manual_seed(d))
+    w = [0.4, 0.3, 0.2, 0.1]
+    got = lightgcn_propagate(a, x, 3, layer_weights=w)
+    dense = a.to_scipy().astype(np.float64)
+    cur = x.double().numpy()
+    want = w[0] * cur
+    for wl in w[1:]:
+        cur = dense @ cur
+        want = want + wl * cur
+    torch.testing.assert_close(got.double(), torch.from_numpy(want), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("d", [3, 64, 100])
+@pytest.mark.parametrize("zero_fraction", [0.0, 0.9])
+def test_lightgcn_is_bitwise_the_sum_of_spmm_layers(d, zero_fraction) -> None:
+    # lightgcn_propagate fuses layer 1 with the w0 term and never stores the last layer: neither may
+    # change a bit. Mostly-zero inputs (a batch's loss gradient, the backward's input) and -0 rows too.
+    from recfast import _C
+
+    a = _skewed_csr(500, seed=13)
+    rng = np.random.default_rng(d)
+    x = rng.standard_normal((500, d)).astype(np.float32)
+    x[rng.random(500) < zero_fraction] = 0.0
+    x[rng.random(500) < 0.05] = -0.0
+    w = np.float32([0.4, 0.3, 0.2, 0.1])
+    ip, ix, vals = a.indptr.numpy(), a.indices.numpy(), a.values.numpy()
+    got = [np.empty_like(x) for _ in range(3)]
+    _C.lightgcn_propagate(ip, ix, vals, x, [float(v) for v in w], *got, 2)
+    cur, want = x, None
+    for wl in w[1:]:
+        nxt = np.empty_like(x)
+        _C.spmm(ip, ix, vals, cur, nxt, 2)
+        want = w[0] * x + wl * nxt if want is None else want + wl * nxt
+        cur = nxt
+    assert np.array_equal(got[0], want)
+
+
+@pytest.mark.parametrize("layers", [1, 2, 3])
+def test_lightgcn_writes_only_the_buffers_it_needs(layers) -> None:
+    # Layer 1 is fused with the w0 term and the last layer is added into out, never stored.
+    from recfast import _C
+
+    a = _skewed_csr(200, seed=12)
+    x = np.random.default_rng(2).standard_normal((200, 16)).astype(np.float32)
+    out, buf_a, buf_b = (np.full_like(x, np.nan) for _ in range(3))
+    _C.lightgcn_propagate(a.indptr.numpy(), a.indices.numpy(), a.values.numpy(), x, [0.25] * (layers + 1), out,
+                          buf_a, buf_b, 0)
+    assert np.isfinite(out).all()
+    assert np.isnan(buf_a).all() == (layers < 2)
+    assert np.isnan(buf_b).all() == (layers < 3)
 
 
 @pytest.mark.parametrize("case", ["empty_matrix", "empty_rows", "single_row", "zero_width"])

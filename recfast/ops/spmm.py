@@ -79,8 +79,10 @@ def _lightgcn_impl(indptr: torch.Tensor, indices: torch.Tensor, values: Optional
     out = torch.empty_like(emb)
     if n == 0 or d == 0:
         return out.zero_()
-    buf_a = torch.empty_like(emb) if len(weights) > 1 else out
-    buf_b = torch.empty_like(emb) if len(weights) > 2 else out
+    # The kernel never stores the last layer (it adds it into out), so L layers need L - 1 layer
+    # buffers, at most two; unused buffer arguments are passed out and never written.
+    buf_a = torch.empty_like(emb) if len(weights) > 2 else out
+    buf_b = torch.empty_like(emb) if len(weights) > 3 else out
     _C.lightgcn_propagate(np_view(indptr), np_view(indices), None if vals is None else np_view(vals), np_view(emb),
                           [float(w) for w in weights], np_view(out), np_view(buf_a), np_view(buf_b), 0)
     return out

@@ -2,7 +2,9 @@
 //
 // out[r, :] = sum over stored entries p of row r of values[p] * dense[indices[p], :]
 // (values == nullptr: every entry is 1). Each output row is computed by one thread from its
-// entries in order, so results do not depend on the thread count.
+// entries in order, each product rounded before it is added (no FMA), so results do not depend on
+// the thread count or on the ISA copy chosen at load (AVX-512, AVX2 or SSE2;
+// RECFAST_SPMM_ISA=base|avx2 caps it).
 #pragma once
 #include <cstdint>
 
@@ -14,7 +16,9 @@ template <typename I, typename T>
 void spmm(const offset_t* indptr, const I* indices, const T* values, std::int64_t n_rows, const T* dense,
           std::int64_t d, T* out, int num_threads);
 
-// out = sum_{l=0..L} w[l] * A^l * emb with A square (n x n); buf_a and buf_b are n x d scratch.
+// out = sum_{l=0..L} w[l] * A^l * emb with A square (n x n); buf_a and buf_b are n x d scratch:
+// layer 1 is fused with the w[0] term and A^L emb is added into out without being stored, so
+// L <= 1 writes neither buffer and L = 2 writes only buf_a (pass out for an unused one).
 template <typename I, typename T>
 void lightgcn_propagate(const offset_t* indptr, const I* indices, const T* values, std::int64_t n, const T* emb,
                         std::int64_t d, std::int64_t num_layers, const double* layer_weights, T* out, T* buf_a,
