@@ -5,7 +5,7 @@ Every fuzz case either equals the op's reference implementation or raises ValueE
 whose message starts with the op's name and names the offending argument. 64-bit index arithmetic
 is in test_int64.py.
 
-Public surface covered: recfast.ops.{sample_negatives, bpr_loss, bpr_sgd_step, spmm,
+Public surface covered: recfast.ops.{sample_negatives, bpr_loss, bpr_sgd_step, bpr_sgd_epoch, spmm,
 lightgcn_propagate, edge_dropout, topk, topk_scores}, recfast.graph.normalized_adjacency,
 recfast.CSR (constructor with check=True, from_coo, transpose), recfast.eval.Evaluator,
 recfast.optim.{SparseSGD, SparseAdagrad, SparseAdam}.
@@ -32,7 +32,7 @@ from hypothesis import strategies as st
 import recfast
 from recfast import CSR, _C
 from recfast.graph import normalized_adjacency
-from recfast.ops import (bpr_loss, bpr_sgd_step, edge_dropout, lightgcn_propagate, sample_negatives, spmm, topk,
+from recfast.ops import (bpr_loss, bpr_sgd_epoch, bpr_sgd_step, edge_dropout, lightgcn_propagate, sample_negatives, spmm, topk,
                          topk_scores)
 from recfast.ops.bpr import _bpr_loss_reference
 from recfast.ops.sampling import _sample_negatives_reference
@@ -42,7 +42,7 @@ from recfast.optim import SparseAdagrad, SparseAdam, SparseSGD, _reference_step
 from conftest import random_csr, requires_cuda
 
 FUZZ = settings(max_examples=30, deadline=None)
-PUBLIC_OPS = {"sample_negatives", "bpr_loss", "bpr_sgd_step", "spmm", "lightgcn_propagate", "edge_dropout", "topk",
+PUBLIC_OPS = {"sample_negatives", "bpr_loss", "bpr_sgd_step", "bpr_sgd_epoch", "spmm", "lightgcn_propagate", "edge_dropout", "topk",
               "topk_scores"}
 SANITIZED = bool(os.environ.get("RECFAST_EXPECT_SANITIZE"))
 
@@ -294,6 +294,54 @@ def test_bpr_sgd_step_named_errors_and_reference() -> None:
     assert math.isclose(loss, float(ref), rel_tol=1e-5)
     torch.testing.assert_close(Uc, U - 0.1 * U0.grad, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(Vc, V - 0.1 * V0.grad, rtol=1e-5, atol=1e-6)
+
+
+@FUZZ
+@given(mask=masks(max_rows=6, max_cols=7), d=st.sampled_from([1, 5, 32, 64]), K=st.integers(1, 3),
+       bias=st.booleans(), shuffle=st.booleans(), span=st.tuples(st.floats(0, 1), st.floats(0, 1)),
+       seed=st.integers(0, 2**64 - 1))
+def test_fuzz_bpr_sgd_epoch(mask, d, K, bias, shuffle, span, seed) -> None:
+    """One thread equals the sequential float64 reference of test_bpr.py (the same order, the same
+    negatives), or both find the same user without a negative."""
+    from test_bpr import _sgd_epoch_ref
+
+    csr = make_csr(mask)
+    g = torch.Generator().manual_seed(seed % 2**32)
+    U = torch.randn(csr.n_rows, d, generator=g) * 0.3
+    V = torch.randn(csr.n_cols, d, generator=g) * 0.3
+    b = torch.randn(csr.n_cols, generator=g) * 0.1 if bias else None
+    start, stop = sorted(int(f * csr.nnz) for f in span)
+    Ud, Vd, bd = U.double(), V.double(), None if b is None else b.double()
+    try:
+        want = _sgd_epoch_ref(Ud, Vd, bd, csr, start, stop, lr=0.1, l2=0.01, K=K, seed=seed, shuffle=shuffle)
+    except ValueError as e:  # the reference's sample_negatives found a user with every item
+        assert "has no negative" in str(e) or "no negative" in str(e), e
+        with raises_named("bpr_sgd_epoch", "no negative item left"):
+            bpr_sgd_epoch(U, V, csr, lr=0.1, l2=0.01, num_negatives=K, seed=seed, item_bias=b, start=start,
+                          stop=stop, shuffle=shuffle, num_threads=1)
+        return
+    total, n = bpr_sgd_epoch(U, V, csr, lr=0.1, l2=0.01, num_negatives=K, seed=seed, item_bias=b, start=start,
+                             stop=stop, shuffle=shuffle, num_threads=1)
+    assert n == stop - start
+    assert total == pytest.approx(want, rel=1e-4, abs=1e-5)
+    torch.testing.assert_close(U, Ud.float(), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(V, Vd.float(), rtol=1e-4, atol=1e-5)
+
+
+def test_bpr_sgd_epoch_named_errors() -> None:
+    csr = make_csr(np.array([[1, 0, 1, 0], [1, 1, 1, 1], [0, 0, 0, 0]], dtype=bool))
+    U, V = torch.randn(3, 4), torch.randn(4, 4)
+    epoch = lambda **kw: bpr_sgd_epoch(**{**dict(user_emb=U.clone(), item_emb=V.clone(), csr=csr, lr=0.1, seed=0),
+                                          **kw})
+    for kw, arg in [(dict(lr="x"), "lr"), (dict(lr=float("inf")), "lr"), (dict(l2=float("nan")), "l2"),
+                    (dict(seed=0.5), "seed"), (dict(seed="1"), "seed"), (dict(num_threads=-1), "num_threads"),
+                    (dict(num_threads=10**6), "num_threads"), (dict(num_negatives=0), "num_negatives"),
+                    (dict(start=2, stop=1), "start"), (dict(stop=csr.nnz + 1), "stop"),
+                    (dict(item_emb=torch.randn(4, 3)), "item_emb"), (dict(user_emb=U.double()), "user_emb"),
+                    (dict(user_emb=U.t()), "user_emb"), (dict(csr=csr.to_scipy()), "csr"),
+                    (dict(item_bias=torch.zeros(5)), "item_bias"), (dict(shuffle=False), "user 1")]:
+        with raises_named("bpr_sgd_epoch", arg):
+            epoch(**kw)
 
 
 def _dense(csr: CSR, dtype=torch.float64) -> torch.Tensor:
@@ -693,6 +741,8 @@ def _run_all(big, nt: int) -> dict[str, object]:
     Uc, Vc = big["U"].clone(), big["V"].clone()
     l = bpr_sgd_step(Uc, Vc, tr, users[:3000], big["pos"][:3000], lr=0.05, seed=1, num_threads=1)
     out["sgd_step_1thread"] = (l, Uc, Vc)
+    Uc, Vc = big["U"].clone(), big["V"].clone()
+    out["sgd_epoch_1thread"] = (bpr_sgd_epoch(Uc, Vc, tr, lr=0.05, seed=2, num_negatives=2, num_threads=1), Uc, Vc)
     E = torch.cat([big["U"], big["V"]]).requires_grad_(True)
     prop = lightgcn_propagate(big["adj"], E, 3)
     out["lightgcn"] = (prop.detach(), torch.autograd.grad(prop.square().sum(), E)[0])
@@ -778,10 +828,16 @@ def _job(big, seed: int) -> dict[str, object]:
         "lightgcn": (prop.detach(), torch.autograd.grad(prop.sum(), E)[0]),
         "bpr": (loss.detach(), torch.autograd.grad(loss, U)[0].to_dense()),
         "adam": p.detach(),
+        "sgd_epoch": _epoch_job(big, seed),
         "dropout": edge_dropout(tr, 0.5, seed=seed).__getstate__(),
         "eval": recfast.eval.Evaluator(tr, big["test"], ks=(10,), batch_size=100).evaluate(
             user_emb=big["U"] + seed, item_emb=big["V"], users=users[:400]),
     }
+
+
+def _epoch_job(big, seed: int):
+    U, V = big["U"].clone(), big["V"].clone()
+    return bpr_sgd_epoch(U, V, big["train"], lr=0.05, seed=seed, num_threads=1), U, V
 
 
 def test_concurrent_calls_give_serial_results(big) -> None:
@@ -818,6 +874,16 @@ def _gil_call(big, name: str):
         return lambda: _C.bpr_forward(U, V, None, users, bp, bn, 0.0, loss, coef, 1)
     if name == "bpr_sgd_step":
         return lambda: _C.bpr_sgd_step(U, V, None, ip, ix, users[:500_000], bp[:500_000], 1, 0, 0, 0.01, 0.0, 1)
+    if name == "bpr_sgd_epoch":
+        row_of = np.repeat(np.arange(3000, dtype=np.int32), np.diff(ip))
+        return lambda: [_C.bpr_sgd_epoch(U, V, None, ip, ix, row_of, 0, ix.size, True, 1, r, 0.01, 0.0, 1)
+                        for r in range(20)]
+    if name == "topk_fused":
+        Q = rng.standard_normal((3000, 16)).astype(np.float32)
+        K_ = rng.standard_normal((20000, 16)).astype(np.float32)
+        ts, ti = np.empty((3000, 20), np.float32), np.empty((3000, 20), np.int64)
+        return lambda: _C.topk_fused(Q, K_, None, None, np.empty(0, np.int64), np.empty(0, np.int32), ts, ti,
+                                     "auto", 1)
     if name == "topk_merge":
         scores = np.sort(rng.random((1000, 6000)).astype(np.float32), axis=1)  # every item enters the heap
         ts, ti = np.empty((1000, 200), np.float32), np.empty((1000, 200), np.int64)
@@ -866,7 +932,7 @@ def test_gil_probe_sees_a_held_gil() -> None:
 
 
 @pytest.mark.parametrize("name", ["sample_negatives", "lightgcn_propagate", "bpr_forward", "bpr_sgd_step",
-                                  "topk_merge", "csr_from_coo"])
+                                  "bpr_sgd_epoch", "topk_merge", "topk_fused", "csr_from_coo"])
 def test_kernels_release_the_gil(big, name) -> None:
     call = _gil_call(big, name)
     stall, dur = _longest_stall(call)

@@ -275,9 +275,9 @@ def _check_sgd(op: str, user_emb, item_emb, csr, item_bias, num_negatives, lr, l
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
         raise TypeError(f"{op}: seed must be an int, got {type(seed).__name__}")
     if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not 0 < lr < math.inf:
-        raise ValueError(f"{op}: lr must be a positive finite number, got {lr!r}")
+        raise ValueError(f"{op}: lr must be a positive number (finite), got {lr!r}")
     if isinstance(l2, bool) or not isinstance(l2, numbers.Real) or not 0 <= l2 < math.inf:
-        raise ValueError(f"{op}: l2 must be a non-negative finite number, got {l2!r}")
+        raise ValueError(f"{op}: l2 must be a non-negative number (finite), got {l2!r}")
 
 
 def _threads(op: str, num_threads: int | None) -> int:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from .. import _C
-from .._backend import INDEX_DTYPES, check_range, check_tensor, cuda_module, np_view, stream_of
+from .._backend import INDEX_DTYPES, check_range, check_tensor, check_threads, cuda_module, np_view, stream_of
 from ..csr import CSR
 
 __all__ = ["sample_negatives"]
@@ -79,6 +79,9 @@ def sample_negatives(
         raise TypeError(f"{op}: seed must be an int, got {type(seed).__name__}")
     if isinstance(row_offset, bool) or not isinstance(row_offset, (int, np.integer)) or row_offset < 0:
         raise ValueError(f"{op}: row_offset must be a non-negative int, got {row_offset!r}")
+    if row_offset + users.numel() > 2**63 - 1:  # the kernels add batch positions in int64
+        raise ValueError(f"{op}: row_offset must be at most 2**63 - 1 - len(users), got {row_offset!r}")
+    nt = check_threads(op, num_threads)
     n_users, n_items = csr.shape
     k = int(num_negatives)
     check_range(op, "users", users, n_users)
@@ -121,7 +124,7 @@ def sample_negatives(
     b = _C.sample_negatives(np_view(c.indptr), np_view(c.indices), n_items, np_view(users64.cpu()), k, seed,
                             int(row_offset), bool(replace), None if cum_h is None else np_view(cum_h),
                             None if G_h is None else np_view(G_h), np_view(host_out).reshape(-1),
-                            int(num_threads or 0))
+                            nt)
     if b >= 0:
         _raise_no_negatives(csr, users64, b, k, replace, weights)
     return out if on_cpu else host_out.to(csr.device)
