@@ -18,7 +18,10 @@ def main(argv: list[str]) -> None:
     print("| device | op | case | recfast ms | baseline | baseline ms | speedup |")
     print("|---|---|---|---:|---|---:|---:|")
     for f in files:
-        for r in json.loads(f.read_text()):
+        records = json.loads(f.read_text())
+        if not isinstance(records, list):  # quality_cpu.json: a table of its own (bench_quality.py)
+            continue
+        for r in records:
             dev = r["env"].get("gpu", "CPU, %s threads" % r["env"].get("threads", "?"))
             case = " ".join(f"{k}={r['params'][k]}" for k in KEYS if k in r["params"])
             print(f"| {dev} | {r['op']} | {case} | {r['recfast_ms']:.3g} | {r['baseline']} | {r['baseline_ms']:.3g} | "

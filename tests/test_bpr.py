@@ -9,7 +9,7 @@ import torch
 import recfast
 from recfast.ops import bpr_loss, bpr_sgd_epoch, bpr_sgd_step, sample_negatives
 from recfast.ops.bpr import _bpr_loss_reference as _bpr_loss_ref
-from conftest import requires_cuda
+from conftest import DEVICES, requires_cuda
 
 
 def _sgd_epoch_ref(U, V, bias, csr, start, stop, *, lr, l2, K, seed, shuffle=True):
@@ -131,6 +131,48 @@ def test_gradcheck_and_opcheck() -> None:
     torch.library.opcheck(torch.ops.recfast.bpr_loss.default,
                           (U.detach().float().requires_grad_(), V.detach().float().requires_grad_(), None, u, i, j,
                            0.1, "mean"))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize(("dtype", "K", "bias", "l2"), [(torch.float64, 1, False, 0.0), (torch.float64, 3, True, 0.2),
+                                                      (torch.float32, 2, True, 0.0)])
+def test_one_table_for_users_and_items_equals_its_slices(device, dtype, K, bias, l2) -> None:
+    """bpr_loss(E, E, u, i + n_users, j + n_users) (LightGCN's form) equals the sliced tables, and
+    its single gradient equals the sum of the two slice gradients, for any thread count."""
+    nu, ni, d, B = 40, 30, 16, 3000
+    g = torch.Generator().manual_seed(1)
+    E = torch.randn(nu + ni, d, generator=g, dtype=dtype).to(device).requires_grad_(True)
+    b = (torch.randn(nu + ni, generator=g, dtype=dtype).to(device).requires_grad_(True)) if bias else None
+    u = torch.randint(0, nu, (B,), generator=g).to(device)
+    i = torch.randint(0, ni, (B,), generator=g).to(device)
+    j = torch.randint(0, ni, (B, K), generator=g).to(device)
+    shared = bpr_loss(E, E, u, i + nu, j + nu, item_bias=b, l2=l2)
+    got = torch.autograd.grad(shared, [E] + ([b] if bias else []))
+    sliced = bpr_loss(E[:nu], E[nu:], u, i, j, item_bias=None if b is None else b[nu:], l2=l2)
+    want = torch.autograd.grad(sliced, [E] + ([b] if bias else []))
+    tol = dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(shared, sliced, **tol)
+    for a, w in zip(got, want):
+        torch.testing.assert_close(a, w, **tol)
+    if device == "cpu":
+        torch.set_num_threads(1)
+        try:
+            again = torch.autograd.grad(bpr_loss(E, E, u, i + nu, j + nu, item_bias=b, l2=l2),
+                                        [E] + ([b] if bias else []))
+        finally:
+            torch.set_num_threads(2)
+        for a, w in zip(got, again):
+            assert torch.equal(a, w)
+
+
+def test_one_table_gradcheck_and_opcheck() -> None:
+    g = torch.Generator().manual_seed(2)
+    E = torch.randn(9, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(9, generator=g, dtype=torch.float64, requires_grad=True)
+    u, i, j = torch.tensor([0, 1, 1, 3]), torch.tensor([4, 5, 8, 4]), torch.tensor([[6, 7], [4, 8], [5, 5], [7, 6]])
+    assert torch.autograd.gradcheck(lambda e, c: bpr_loss(e, e, u, i, j, item_bias=c, l2=0.3), (E, b))
+    torch.library.opcheck(torch.ops.recfast.bpr_loss_shared.default,
+                          (E.detach().float().requires_grad_(), None, u, i, j, 0.1, "mean"))
 
 
 def test_works_inside_a_graph_and_under_compile() -> None:

@@ -78,8 +78,8 @@ class LightGCN(Recommender):
         self._cache = None
         users, pos, neg = batch[:3]
         final = self.propagate()
-        user_final, item_final = final[: self.n_users], final[self.n_users:]
-        loss = ops.bpr_loss(user_final, item_final, users, pos, neg)
+        # one table for both roles: one gradient, no slice copies (items sit after the users)
+        loss = ops.bpr_loss(final, final, users, pos + self.n_users, neg + self.n_users)
         if self.l2 > 0:
             e = self.embedding
             u0 = e[users.long()]

@@ -140,6 +140,58 @@ def _bpr_backward(ctx, grad_loss, _grad_coef):
 _bpr_op.register_autograd(_bpr_backward, setup_context=_bpr_setup)
 
 
+# One table for users and items (user_emb is item_emb, e.g. LightGCN's propagated embeddings with
+# item ids offset by n_users): one dense gradient, without the two slice gradients, their copies
+# and their sum that final[:n_users] / final[n_users:] cost in autograd. The kernels may write
+# both gradient roles into one buffer: the CPU backward gives each row to one thread by its index
+# alone (whatever role it plays), CUDA adds atomically and the reference uses index_add_.
+@torch.library.custom_op("recfast::bpr_loss_shared", mutates_args=())
+def _bpr_shared_op(emb: torch.Tensor, item_bias: Optional[torch.Tensor], users: torch.Tensor, pos: torch.Tensor,
+                   neg: torch.Tensor, l2: float, reduction: str) -> tuple[torch.Tensor, torch.Tensor]:
+    loss_b, coef = _forward(emb, emb, item_bias, users, pos, neg, l2)
+    return _reduce(loss_b, reduction), coef
+
+
+@_bpr_shared_op.register_fake
+def _(emb, item_bias, users, pos, neg, l2, reduction):
+    B, K = neg.shape
+    out = emb.new_empty(B) if reduction == "none" else emb.new_empty(())
+    return out, emb.new_empty(B, K)
+
+
+def _bpr_shared_setup(ctx, inputs, output):
+    emb, item_bias, users, pos, neg, l2, reduction = inputs
+    ctx.save_for_backward(emb, users, pos, neg, output[1])
+    ctx.l2, ctx.reduction, ctx.has_bias = l2, reduction, item_bias is not None
+
+
+@torch.library.custom_op("recfast::bpr_loss_shared_backward", mutates_args=())
+def _bpr_shared_backward_op(emb: torch.Tensor, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor,
+                            coef: torch.Tensor, grad: torch.Tensor, l2: float, reduction: str,
+                            has_bias: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    B = users.numel()
+    scale = _scale(grad, B, reduction, emb.dtype, emb.device)
+    g = torch.zeros_like(emb)
+    gbias = torch.zeros(emb.shape[0] if has_bias else 0, dtype=emb.dtype, device=emb.device)
+    _backward(emb, emb, users, pos, neg, coef, scale, l2, users, pos, neg.reshape(-1), g, g,
+              gbias if has_bias else None)
+    return g, gbias
+
+
+@_bpr_shared_backward_op.register_fake
+def _(emb, users, pos, neg, coef, grad, l2, reduction, has_bias):
+    return torch.empty_like(emb), emb.new_empty(emb.shape[0] if has_bias else 0)
+
+
+def _bpr_shared_backward(ctx, grad_loss, _grad_coef):
+    E, users, pos, neg, coef = ctx.saved_tensors
+    g, gbias = _bpr_shared_backward_op(E, users, pos, neg, coef, grad_loss, ctx.l2, ctx.reduction, ctx.has_bias)
+    return g, gbias if ctx.has_bias else None, None, None, None, None, None
+
+
+_bpr_shared_op.register_autograd(_bpr_shared_backward, setup_context=_bpr_shared_setup)
+
+
 # ---------------------------------------------------------------------------------------------
 # Sparse-gradient path: only the touched rows, as coalesced sparse COO gradients.
 # ---------------------------------------------------------------------------------------------
@@ -200,7 +252,9 @@ def bpr_loss(
     ----------
     user_emb : (n_users, d) float32 (float64 too, e.g. for gradcheck): a parameter or the output of
         propagation.
-    item_emb : (n_items, d), same dtype and device.
+    item_emb : (n_items, d), same dtype and device. It may be ``user_emb`` itself (LightGCN's
+        propagated table, item ids offset by n_users): the gradient is then one dense table,
+        without the copies that slicing the table into users and items costs in autograd.
     users, pos_items : int (B,).
     neg_items : int (B,) or (B, K); the loss averages over the K negatives.
     item_bias : optional (n_items,).
@@ -248,6 +302,8 @@ def bpr_loss(
     bias = None if item_bias is None else item_bias.contiguous()
     if sparse_grad:
         return _BPRSparse.apply(U, V, bias, users64, pos64, neg64.contiguous(), float(l2), reduction)
+    if user_emb is item_emb:
+        return _bpr_shared_op(U, bias, users64, pos64, neg64.contiguous(), float(l2), reduction)[0]
     return _bpr_op(U, V, bias, users64, pos64, neg64.contiguous(), float(l2), reduction)[0]
 
 
