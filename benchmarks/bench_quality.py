@@ -58,7 +58,8 @@ def _row(dataset: str, model: str, impl: str, test: dict[str, float], seconds: f
     return r
 
 
-def _train_iterative(model, train, valid, test, trainer_kw: dict[str, Any]) -> tuple[dict[str, float], float, dict[str, Any]]:
+def _train_iterative(model, train, valid, test,
+                     trainer_kw: dict[str, Any]) -> tuple[dict[str, float], float, dict[str, Any]]:
     kw = dict(progress=False, device="cpu", seed=0,
               evaluator={"ks": KS, "metrics": ("recall", "ndcg")},
               early_stopping={"metric": HEAD, "patience": 3})

@@ -32,8 +32,8 @@ from hypothesis import strategies as st
 import recfast
 from recfast import CSR, _C
 from recfast.graph import normalized_adjacency
-from recfast.ops import (bpr_loss, bpr_sgd_epoch, bpr_sgd_step, edge_dropout, lightgcn_propagate, sample_negatives, spmm, topk,
-                         topk_scores)
+from recfast.ops import (bpr_loss, bpr_sgd_epoch, bpr_sgd_step, edge_dropout, lightgcn_propagate, sample_negatives,
+                         spmm, topk, topk_scores)
 from recfast.ops.bpr import _bpr_loss_reference
 from recfast.ops.sampling import _sample_negatives_reference
 from recfast.ops.spmm import _spmm_reference
@@ -42,8 +42,8 @@ from recfast.optim import SparseAdagrad, SparseAdam, SparseSGD, _reference_step
 from conftest import random_csr, requires_cuda
 
 FUZZ = settings(max_examples=30, deadline=None)
-PUBLIC_OPS = {"sample_negatives", "bpr_loss", "bpr_sgd_step", "bpr_sgd_epoch", "spmm", "lightgcn_propagate", "edge_dropout", "topk",
-              "topk_scores"}
+PUBLIC_OPS = {"sample_negatives", "bpr_loss", "bpr_sgd_step", "bpr_sgd_epoch", "spmm", "lightgcn_propagate",
+              "edge_dropout", "topk", "topk_scores"}
 SANITIZED = bool(os.environ.get("RECFAST_EXPECT_SANITIZE"))
 
 
@@ -156,7 +156,7 @@ def test_fuzz_sample_negatives(mask, data, k, replace, weighted, seed, idx) -> N
         return
     try:
         want = _sample_negatives_reference(csr, users.long(), k, **kwargs)
-    except ValueError as e:
+    except ValueError:
         with raises_named("sample_negatives", "user "):
             sample_negatives(csr, users, k, **kwargs)
         return
