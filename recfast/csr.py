@@ -75,6 +75,8 @@ class CSR:
             values = _as_tensor(values, "values")
         if not (isinstance(shape, (tuple, list)) and len(shape) == 2):
             raise ValueError(f"CSR: shape must be a pair (n_rows, n_cols), got {shape!r}")
+        if any(isinstance(x, bool) or not isinstance(x, (int, np.integer)) for x in shape):
+            raise ValueError(f"CSR: shape must be a pair of ints (n_rows, n_cols), got {shape!r}")
         n_rows, n_cols = int(shape[0]), int(shape[1])
         if n_rows < 0 or n_cols < 0:
             raise ValueError(f"CSR: shape must be non-negative, got {(n_rows, n_cols)}")

@@ -91,9 +91,10 @@ class Evaluator:
                 raise TypeError(f"Evaluator: {name} must be a recfast.CSR, got {type(m).__name__}")
         if train.shape != test.shape:
             raise ValueError(f"Evaluator: train has shape {train.shape} but test has {test.shape}")
+        ks = tuple(ks)
+        if not ks or any(isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0 for k in ks):
+            raise ValueError(f"Evaluator: ks must be positive ints, got {ks}")
         self.ks = tuple(int(k) for k in ks)
-        if not self.ks or any(k <= 0 for k in self.ks):
-            raise ValueError(f"Evaluator: ks must be positive ints, got {tuple(ks)}")
         if protocol not in ("full", "sampled"):
             raise ValueError(f"Evaluator: protocol must be 'full' or 'sampled', got {protocol!r}")
         self.metrics = tuple(metrics)
@@ -268,7 +269,8 @@ class Evaluator:
         total, n = 0.0, 0
         for s0 in range(0, users.numel(), 256):
             ub = users[s0:s0 + 256]
-            scores = self._dense_scores(scorer, ub).double().cpu()
+            # NaN ranks below everything, as in top-k (a NaN score would otherwise count as a win)
+            scores = self._dense_scores(scorer, ub).double().cpu().nan_to_num(nan=float("-inf"))
             test_mask = self.test.dense_rows(ub) > 0
             neg_mask = ~(test_mask | (self.excluded.dense_rows(ub) > 0))
             neg = torch.where(neg_mask, scores, torch.full_like(scores, float("inf")))

@@ -1095,3 +1095,21 @@ def test_cuda_failures_surface_as_exceptions(what) -> None:
                          timeout=120, env=env)
     assert res.returncode == 0, res.stderr
     assert "RAISED" in res.stdout and "ALIVE" in res.stdout, (res.stdout, res.stderr)
+
+
+def test_non_integer_sizes_and_nan_auc_are_named_not_truncated() -> None:
+    """Found by the fuzzing: fractional shapes and ks were truncated, a k far past the catalogue hit
+    torch's allocator, and NaN scores counted as wins in AUC."""
+    empty = make_csr(np.zeros((2, 3), dtype=bool))
+    with raises_named("CSR", "shape"):
+        CSR(empty.indptr, empty.indices, (1.5, 3))
+    with raises_named("Evaluator", "ks"):
+        recfast.eval.Evaluator(empty, empty, ks=(2.5,))
+    with raises_named("topk", "k = "):
+        topk(torch.randn(3, 4), torch.randn(5, 4), 10**13)
+    train = make_csr(np.array([[1, 0, 0, 0], [0, 1, 0, 0]], dtype=bool))
+    test = make_csr(np.array([[0, 1, 0, 0], [0, 0, 1, 0]], dtype=bool))
+    U, V = torch.ones(2, 2), torch.ones(4, 2)
+    V[1] = float("nan")  # user 0's test item scores NaN: it ranks last, below the negatives
+    auc = recfast.eval.Evaluator(train, test, metrics=("auc",)).evaluate(user_emb=U, item_emb=V, users=torch.tensor([0]))
+    assert auc["auc"] == 0.0

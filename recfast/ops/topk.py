@@ -140,8 +140,11 @@ def topk_scores(
 
 
 def _alloc(n_rows: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    top_s = torch.full((n_rows, k), float("-inf"), dtype=torch.float32)
-    top_i = torch.full((n_rows, k), -1, dtype=torch.int64)
+    try:
+        top_s = torch.full((n_rows, k), float("-inf"), dtype=torch.float32)
+        top_i = torch.full((n_rows, k), -1, dtype=torch.int64)
+    except (RuntimeError, MemoryError) as e:  # k far past the catalogue: say which argument
+        raise ValueError(f"topk: k = {k} needs a ({n_rows}, {k}) output that cannot be allocated ({e})") from e
     return top_s, top_i
 
 
