@@ -335,6 +335,7 @@ RF_AVX512 void weighted_lanes_avx512(const offset_t* indptr, const I* indices, s
   const __m512d unit = _mm512_set1_pd(1.0 / 9007199254740992.0);
   const __m512d one_d = _mm512_set1_pd(1.0);
   const __m512d last_d = _mm512_set1_pd(static_cast<double>(M - 1));
+  const __m512i n_items_v = _mm512_set1_epi64(n_items);
   for (std::int64_t k = 0; k < K; ++k) {
     const __m512i step = _mm512_set1_epi64(static_cast<long long>(static_cast<std::uint64_t>(k) * 0x9E3779B97F4A7C15ull));
     __m512d t[V], ta[V];
@@ -388,6 +389,33 @@ RF_AVX512 void weighted_lanes_avx512(const offset_t* indptr, const I* indices, s
       if (!any) break;
     }
     for (int v = 0; v < V; ++v) {
+      // The common case in vector form: guide_fixup leaves a unchanged (cum[a] <= ta < cum[a + 1])
+      // and weighted_finish accepts it (a < n_items, positive weight, a after exactly lo row items
+      // and not one of them). Only the other lanes take the scalar repair.
+      const __mmask8 inside = _mm512_cmplt_epi64_mask(a[v], n_items_v);
+      const __m512d ca = _mm512_i64gather_pd(a[v], cum, 8);
+      const __m512d ca1 = _mm512_mask_i64gather_pd(zerod, inside, _mm512_add_epi64(a[v], one), cum, 8);
+      const __mmask8 has_next = _mm512_cmplt_epi64_mask(lo[v], deg[v]);
+      const __mmask8 has_prev = _mm512_cmpgt_epi64_mask(lo[v], zero);
+      const __m512i pos = _mm512_add_epi64(start[v], lo[v]);
+      const __m512i next = gather_index_v<I>(has_next, pos, indices);
+      const __m512i prev = gather_index_v<I>(has_prev, _mm512_sub_epi64(pos, one), indices);
+      __mmask8 good = ok[v] & inside;
+      good &= static_cast<__mmask8>(_mm512_cmpeq_epi64_mask(a[v], zero) | _mm512_cmp_pd_mask(ca, ta[v], _CMP_NGT_UQ));
+      good &= _mm512_cmp_pd_mask(ca1, ta[v], _CMP_NLE_UQ);
+      good &= _mm512_cmp_pd_mask(_mm512_sub_pd(ca1, ca), zerod, _CMP_GT_OQ);
+      good &= static_cast<__mmask8>(~has_next | _mm512_cmpneq_epi64_mask(next, a[v]));
+      good &= static_cast<__mmask8>(~has_prev | _mm512_cmplt_epi64_mask(prev, a[v]));
+      if (K == 1) {
+        _mm512_mask_storeu_epi64(out + b0 + 8 * v, good, a[v]);
+      } else {
+        alignas(64) std::int64_t a_g[8];
+        _mm512_store_si512(a_g, a[v]);
+        for (int l = 0; l < 8; ++l)
+          if (good >> l & 1) out[(b0 + 8 * v + l) * K + k] = a_g[l];
+      }
+      const __mmask8 rest = ok[v] & static_cast<__mmask8>(~good);
+      if (!rest) continue;
       alignas(64) std::int64_t lo_s[8], a_s[8], st_s[8], dg_s[8];
       alignas(64) double ta_s[8];
       _mm512_store_si512(lo_s, lo[v]);
@@ -396,7 +424,7 @@ RF_AVX512 void weighted_lanes_avx512(const offset_t* indptr, const I* indices, s
       _mm512_store_si512(dg_s, deg[v]);
       _mm512_store_pd(ta_s, ta[v]);
       for (int l = 0; l < 8; ++l) {
-        if (!(ok[v] >> l & 1)) continue;
+        if (!(rest >> l & 1)) continue;
         const std::int64_t x = guide_fixup(cum, n_items, a_s[l], ta_s[l]);
         out[(b0 + 8 * v + l) * K + k] = weighted_finish(cum, n_items, indices + st_s[l], dg_s[l], lo_s[l], x);
       }
