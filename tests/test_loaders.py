@@ -211,3 +211,25 @@ def test_epoch_order_is_a_permutation_that_changes_with_the_epoch(csr) -> None:
     key0, key1 = users0 * csr.n_cols + pos0, users1 * csr.n_cols + pos1
     assert torch.equal(key0.sort().values, key1.sort().values)
     assert (key0 != key1).float().mean() > 0.9
+
+
+@pytest.mark.parametrize("nnz", [1, 2, 3, 5, 17, 64, 1000, 4097])
+def test_epoch_kernel_order_on_every_path(nnz) -> None:
+    """The kernel's on-the-fly order (AVX-512 lanes and scalar) is bpr_epoch_order's, also for tiny
+    and power-of-two-adjacent sizes."""
+    from recfast import _C
+    from recfast.ops.sampling import _sample_epoch_triples
+
+    rows = torch.arange(nnz) % 7
+    cols = torch.arange(nnz) // 7
+    csr = recfast.CSR.from_coo(rows, cols, shape=(7, nnz // 7 + 2))
+    row_of = torch.repeat_interleave(torch.arange(csr.n_rows), csr.row_lengths())
+    want = torch.from_numpy(_C.bpr_epoch_order(nnz, 99, 0, nnz))
+    previous = _C.sampling_isa()
+    try:
+        for isa in _C.sampling_isas():
+            _C.set_sampling_isa(isa)
+            users, items, _ = _sample_epoch_triples(csr, row_of, True, 99, 0, nnz, 1, seed=0)
+            assert torch.equal(users, row_of[want]) and torch.equal(items, csr.indices.long()[want])
+    finally:
+        _C.set_sampling_isa(previous)

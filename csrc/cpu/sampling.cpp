@@ -440,6 +440,38 @@ RF_AVX512 void weighted_lanes_avx512(const offset_t* indptr, const I* indices, s
   }
 }
 
+// FeistelPermutation(p0 + i) for i = 0..7, the scalar arithmetic lane by lane (64-bit products
+// wrap the same way), cycle walking masked per lane.
+RF_AVX512 inline __m512i feistel_once_v(const FeistelPermutation& P, __m512i x) {
+  int a = P.wa, b = P.wb;
+  __m512i L = _mm512_srl_epi64(x, _mm_cvtsi32_si128(b));
+  __m512i R = _mm512_and_si512(x, _mm512_set1_epi64(static_cast<long long>((std::uint64_t{1} << b) - 1)));
+  for (int r = 0; r < 4; ++r) {
+    __m512i h = _mm512_mullo_epi64(_mm512_xor_si512(R, _mm512_set1_epi64(static_cast<long long>(P.keys[r]))),
+                                   _mm512_set1_epi64(static_cast<long long>(0xD1B54A32D192ED03ull)));
+    h = _mm512_xor_si512(h, _mm512_srli_epi64(h, 29));
+    h = _mm512_mullo_epi64(h, _mm512_set1_epi64(static_cast<long long>(0x94D049BB133111EBull)));
+    const __m512i f = _mm512_and_si512(_mm512_srli_epi64(h, 32),
+                                       _mm512_set1_epi64(static_cast<long long>((std::uint64_t{1} << a) - 1)));
+    const __m512i nr = _mm512_xor_si512(L, f);
+    L = R;
+    R = nr;
+    const int t = a;
+    a = b;
+    b = t;
+  }
+  return _mm512_or_si512(_mm512_sll_epi64(L, _mm_cvtsi32_si128(b)), R);
+}
+
+RF_AVX512 void feistel8(const FeistelPermutation& P, std::int64_t p0, std::int64_t* e) {
+  const __m512i n = _mm512_set1_epi64(static_cast<long long>(P.n));
+  __m512i y = feistel_once_v(P, _mm512_add_epi64(_mm512_set1_epi64(p0), _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0)));
+  for (__mmask8 walk = _mm512_cmpge_epu64_mask(y, n); walk; walk = _mm512_cmpge_epu64_mask(y, n)) {
+    y = _mm512_mask_mov_epi64(y, walk, feistel_once_v(P, y));
+  }
+  _mm512_storeu_si512(e, y);
+}
+
 bool cpu_has_avx512() {
   static const bool yes = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq");
   return yes;
@@ -704,6 +736,37 @@ std::int64_t sample_negatives(const offset_t* indptr, const I* indices, std::int
 
 namespace {
 
+// Where batch position b's entry comes from: fill(b, n, e) writes the entries of positions
+// [b, b + n).
+struct ArrayOrder {
+  const std::int64_t* order;
+  void fill(std::int64_t b, std::int64_t n, std::int64_t* e) const {
+    for (std::int64_t i = 0; i < n; ++i) e[i] = order[b + i];
+  }
+};
+
+struct IdentityOrder {
+  std::int64_t start;
+  void fill(std::int64_t b, std::int64_t n, std::int64_t* e) const {
+    for (std::int64_t i = 0; i < n; ++i) e[i] = start + b + i;
+  }
+};
+
+struct FeistelOrder {
+  FeistelPermutation perm;
+  std::int64_t start;
+  bool avx512;
+  void fill(std::int64_t b, std::int64_t n, std::int64_t* e) const {
+    std::int64_t i = 0;
+#if RF_SAMPLING_AVX512
+    if (avx512) {
+      for (; i + 8 <= n; i += 8) feistel8(perm, start + b + i, e + i);
+    }
+#endif
+    for (; i < n; ++i) e[i] = static_cast<std::int64_t>(perm(static_cast<std::uint64_t>(start + b + i)));
+  }
+};
+
 // A loader's batch in one parallel region: blocks of consecutive positions, each gathered (users,
 // items) and then sampled by the same thread while its users are in cache.
 template <typename I, typename Order>
@@ -727,8 +790,8 @@ std::int64_t triples_impl(const offset_t* indptr, const I* indices, std::int64_t
     for (std::int64_t g = b0; g < b1; g += group) {
       const std::int64_t n = g + group < b1 ? group : b1 - g;
       std::int64_t e[group];
+      order.fill(g, n, e);
       for (std::int64_t i = 0; i < n; ++i) {
-        e[i] = order(g + i);
         __builtin_prefetch(row_of + e[i]);
         __builtin_prefetch(indices + e[i]);
       }
@@ -752,7 +815,7 @@ std::int64_t sample_triples(const offset_t* indptr, const I* indices, std::int64
                             const double* cum, const double* G, std::int64_t* users_out, std::int64_t* items_out,
                             std::int64_t* out, int num_threads, const std::int64_t* guide,
                             const double* entry_cum) {
-  const auto ord = [order](std::int64_t b) { return order[b]; };
+  const ArrayOrder ord{order};
   return triples_impl<I>(indptr, indices, n_items, row_of, ord, batch, num_negatives, seed, row_offset, replace, cum,
                          G, guide, entry_cum, users_out, items_out, out, num_threads);
 }
@@ -766,14 +829,12 @@ std::int64_t sample_epoch_triples(const offset_t* indptr, const I* indices, std:
                                   std::int64_t* users_out, std::int64_t* items_out, std::int64_t* out,
                                   int num_threads) {
   if (!shuffle) {
-    const auto ord = [start](std::int64_t b) { return start + b; };
+    const IdentityOrder ord{start};
     return triples_impl<I>(indptr, indices, n_items, row_of, ord, batch, num_negatives, seed, start, replace, cum, G,
                            guide, entry_cum, users_out, items_out, out, num_threads);
   }
-  const FeistelPermutation perm(static_cast<std::uint64_t>(nnz), order_seed);
-  const auto ord = [&perm, start](std::int64_t b) {
-    return static_cast<std::int64_t>(perm(static_cast<std::uint64_t>(start + b)));
-  };
+  const FeistelOrder ord{FeistelPermutation(static_cast<std::uint64_t>(nnz), order_seed), start,
+                         isa_setting().load() != RF_ISA_SCALAR && cpu_has_avx512()};
   return triples_impl<I>(indptr, indices, n_items, row_of, ord, batch, num_negatives, seed, start, replace, cum, G,
                          guide, entry_cum, users_out, items_out, out, num_threads);
 }
