@@ -2,9 +2,10 @@
 
 Each epoch is a seeded permutation of the training interactions (a function of ``seed`` and the
 epoch number: the Feistel permutation that ``ops.bpr_sgd_epoch`` uses, computed on the fly by the
-CPU kernel, so no shuffled index array is built), and negatives come from one ``ops.sample_negatives`` call per batch whose stream
-positions are the batch's global positions in the epoch: an epoch's batches are the same whether
-it runs whole, resumes from a checkpoint, or is split across ranks.
+CPU kernel, so no shuffled index array is built), and negatives come from one
+``ops.sample_negatives`` call per batch whose stream positions are the batch's global positions
+in the epoch: an epoch's batches are the same whether it runs whole, resumes from a checkpoint, or
+is split across ranks.
 """
 
 from __future__ import annotations
