@@ -286,16 +286,12 @@ RF_AVX512 void uniform_lanes_avx512(const offset_t* indptr, const I* indices, st
 // weighted_lanes on V vectors of 8 rows: the same double arithmetic lane by lane (subtractions,
 // comparisons and the two products of rng_unit(bits) * mass, in the scalar order), so the draws
 // are bit-identical; the rare boundary repairs run per lane in scalar code.
-// entry_cum (nnz entries, optional): entry_cum[p] = cum[indices[p]], so that a step of the row
-// search reads two arrays at the probed position instead of a dependent gather through the row's
-// item (the same values, so the same draws).
-template <typename I, int V, bool kEntryCum>
+template <typename I, int V>
 RF_AVX512 void weighted_lanes_avx512(const offset_t* indptr, const I* indices, std::int64_t n_items,
                                      const std::int64_t* users, std::int64_t b0, std::int64_t K, std::uint64_t hseed,
                                      std::int64_t row_offset, const double* cum, const double* G,
-                                     const std::int64_t* guide, std::int64_t M, double inv_h, const double* entry_cum,
-                                     std::int64_t* out, std::atomic<std::int64_t>& first_bad,
-                                     std::int64_t prefetch_end) {
+                                     const std::int64_t* guide, std::int64_t M, double inv_h, std::int64_t* out,
+                                     std::atomic<std::int64_t>& first_bad, std::int64_t prefetch_end) {
   constexpr int L = 8 * V;
   if (prefetch_end > b0 + 3 * L) {
     for (int l = 0; l < L; ++l) __builtin_prefetch(indptr + users[b0 + 2 * L + l]);
@@ -357,13 +353,9 @@ RF_AVX512 void weighted_lanes_avx512(const offset_t* indptr, const I* indices, s
         const __m512i half = _mm512_srli_epi64(n[v], 1);
         const __m512i mid = _mm512_add_epi64(lo[v], half);
         const __m512i pos = _mm512_add_epi64(start[v], mid);
+        const __m512i item = gather_index_v<I>(live, pos, indices);
         const __m512d gm = _mm512_mask_i64gather_pd(zerod, live, pos, G, 8);
-        __m512d cr;
-        if constexpr (kEntryCum) {
-          cr = _mm512_mask_i64gather_pd(zerod, live, pos, entry_cum, 8);
-        } else {
-          cr = _mm512_mask_i64gather_pd(zerod, live, gather_index_v<I>(live, pos, indices), cum, 8);
-        }
+        const __m512d cr = _mm512_mask_i64gather_pd(zerod, live, item, cum, 8);
         const __m512d c = _mm512_sub_pd(cr, _mm512_sub_pd(gm, g0[v]));
         const __mmask8 right = _mm512_mask_cmp_pd_mask(live, c, t[v], _CMP_LE_OQ);
         lo[v] = _mm512_mask_add_epi64(lo[v], right, mid, one);
@@ -556,7 +548,6 @@ struct Plan {
   const std::int64_t* guide;
   std::int64_t M;
   double inv_h;
-  const double* entry_cum;
   std::int64_t* out;
   std::atomic<std::int64_t>* first_bad;
   Mode mode;
@@ -577,15 +568,8 @@ struct Plan {
                                                    *first_bad, prefetch_end);
         return;
       case kWeightedAvx512:
-        if (entry_cum != nullptr) {
-          weighted_lanes_avx512<I, RF_AVX512_VECTORS, true>(indptr, indices, n_items, users, b0, K, hseed, row_offset,
-                                                            cum, G, guide, M, inv_h, entry_cum, out, *first_bad,
-                                                            prefetch_end);
-        } else {
-          weighted_lanes_avx512<I, RF_AVX512_VECTORS, false>(indptr, indices, n_items, users, b0, K, hseed,
-                                                             row_offset, cum, G, guide, M, inv_h, nullptr, out,
-                                                             *first_bad, prefetch_end);
-        }
+        weighted_lanes_avx512<I, RF_AVX512_VECTORS>(indptr, indices, n_items, users, b0, K, hseed, row_offset, cum,
+                                                    G, guide, M, inv_h, out, *first_bad, prefetch_end);
         return;
 #endif
       case kUniformLanes:
@@ -673,10 +657,10 @@ struct Plan {
 template <typename I>
 Plan<I> make_plan(const offset_t* indptr, const I* indices, std::int64_t n_items, const std::int64_t* users,
                   std::int64_t batch, std::int64_t K, std::uint64_t seed, std::int64_t row_offset, bool replace,
-                  const double* cum, const double* G, const std::int64_t* guide, const double* entry_cum,
-                  std::int64_t* out, std::atomic<std::int64_t>* first_bad, std::vector<std::int64_t>& own_guide) {
+                  const double* cum, const double* G, const std::int64_t* guide, std::int64_t* out,
+                  std::atomic<std::int64_t>* first_bad, std::vector<std::int64_t>& own_guide) {
   Plan<I> p{indptr, indices, n_items, users, K, seed, splitmix64(seed), row_offset, replace, cum, G, nullptr, 0, 0.0,
-            entry_cum, out, first_bad, Plan<I>::kRows};
+            out, first_bad, Plan<I>::kRows};
   if (K == 0 || !replace) return p;
   const bool avx512 = isa_setting().load() != RF_ISA_SCALAR && cpu_has_avx512();
   if (cum == nullptr) {
@@ -709,11 +693,11 @@ std::int64_t sample_negatives(const offset_t* indptr, const I* indices, std::int
                               std::int64_t n_items, const std::int64_t* users, std::int64_t batch,
                               std::int64_t num_negatives, std::uint64_t seed, std::int64_t row_offset, bool replace,
                               const double* cum, const double* G, std::int64_t* out, int num_threads,
-                              const std::int64_t* guide, const double* entry_cum) {
+                              const std::int64_t* guide) {
   std::atomic<std::int64_t> first_bad{batch};
   std::vector<std::int64_t> own_guide;
   const Plan<I> p = make_plan<I>(indptr, indices, n_items, users, batch, num_negatives, seed, row_offset, replace, cum,
-                                 G, guide, entry_cum, out, &first_bad, own_guide);
+                                 G, guide, out, &first_bad, own_guide);
   const std::int64_t L = p.lanes();
   if (L > 1) {
     // Rows in chunks of L (the lockstep searches); the last batch % L rows go one by one.
@@ -773,12 +757,12 @@ template <typename I, typename Order>
 std::int64_t triples_impl(const offset_t* indptr, const I* indices, std::int64_t n_items, const std::int64_t* row_of,
                           const Order& order, std::int64_t batch, std::int64_t K, std::uint64_t seed,
                           std::int64_t row_offset, bool replace, const double* cum, const double* G,
-                          const std::int64_t* guide, const double* entry_cum, std::int64_t* users_out,
-                          std::int64_t* items_out, std::int64_t* out, int num_threads) {
+                          const std::int64_t* guide, std::int64_t* users_out, std::int64_t* items_out,
+                          std::int64_t* out, int num_threads) {
   std::atomic<std::int64_t> first_bad{batch};
   std::vector<std::int64_t> own_guide;
   const Plan<I> p = make_plan<I>(indptr, indices, n_items, users_out, batch, K, seed, row_offset, replace, cum, G,
-                                 guide, entry_cum, out, &first_bad, own_guide);
+                                 guide, out, &first_bad, own_guide);
   constexpr std::int64_t block = 2048, group = 64;
   const std::int64_t n_blocks = (batch + block - 1) / block;
 #pragma omp parallel for schedule(static) num_threads(resolve_threads(num_threads))
@@ -813,11 +797,10 @@ std::int64_t sample_triples(const offset_t* indptr, const I* indices, std::int64
                             const std::int64_t* row_of, const std::int64_t* order, std::int64_t batch,
                             std::int64_t num_negatives, std::uint64_t seed, std::int64_t row_offset, bool replace,
                             const double* cum, const double* G, std::int64_t* users_out, std::int64_t* items_out,
-                            std::int64_t* out, int num_threads, const std::int64_t* guide,
-                            const double* entry_cum) {
+                            std::int64_t* out, int num_threads, const std::int64_t* guide) {
   const ArrayOrder ord{order};
   return triples_impl<I>(indptr, indices, n_items, row_of, ord, batch, num_negatives, seed, row_offset, replace, cum,
-                         G, guide, entry_cum, users_out, items_out, out, num_threads);
+                         G, guide, users_out, items_out, out, num_threads);
 }
 
 template <typename I>
@@ -825,34 +808,33 @@ std::int64_t sample_epoch_triples(const offset_t* indptr, const I* indices, std:
                                   std::int64_t n_items, const std::int64_t* row_of, std::int64_t nnz, bool shuffle,
                                   std::uint64_t order_seed, std::int64_t start, std::int64_t batch,
                                   std::int64_t num_negatives, std::uint64_t seed, bool replace, const double* cum,
-                                  const double* G, const std::int64_t* guide, const double* entry_cum,
-                                  std::int64_t* users_out, std::int64_t* items_out, std::int64_t* out,
-                                  int num_threads) {
+                                  const double* G, const std::int64_t* guide, std::int64_t* users_out,
+                                  std::int64_t* items_out, std::int64_t* out, int num_threads) {
   if (!shuffle) {
     const IdentityOrder ord{start};
     return triples_impl<I>(indptr, indices, n_items, row_of, ord, batch, num_negatives, seed, start, replace, cum, G,
-                           guide, entry_cum, users_out, items_out, out, num_threads);
+                           guide, users_out, items_out, out, num_threads);
   }
   const FeistelOrder ord{FeistelPermutation(static_cast<std::uint64_t>(nnz), order_seed), start,
                          isa_setting().load() != RF_ISA_SCALAR && cpu_has_avx512()};
   return triples_impl<I>(indptr, indices, n_items, row_of, ord, batch, num_negatives, seed, start, replace, cum, G,
-                         guide, entry_cum, users_out, items_out, out, num_threads);
+                         guide, users_out, items_out, out, num_threads);
 }
 
 #define RF_INSTANTIATE(I)                                                                                              \
   template std::int64_t sample_negatives<I>(const offset_t*, const I*, std::int64_t, std::int64_t,                     \
                                             const std::int64_t*, std::int64_t, std::int64_t, std::uint64_t,            \
                                             std::int64_t, bool, const double*, const double*, std::int64_t*, int,      \
-                                            const std::int64_t*, const double*);                                                      \
+                                            const std::int64_t*);                                                      \
   template std::int64_t sample_triples<I>(const offset_t*, const I*, std::int64_t, std::int64_t, const std::int64_t*, \
                                           const std::int64_t*, std::int64_t, std::int64_t, std::uint64_t,              \
                                           std::int64_t, bool, const double*, const double*, std::int64_t*,             \
-                                          std::int64_t*, std::int64_t*, int, const std::int64_t*, const double*);      \
+                                          std::int64_t*, std::int64_t*, int, const std::int64_t*);                     \
   template std::int64_t sample_epoch_triples<I>(const offset_t*, const I*, std::int64_t, std::int64_t,                 \
                                                 const std::int64_t*, std::int64_t, bool, std::uint64_t, std::int64_t,  \
                                                 std::int64_t, std::int64_t, std::uint64_t, bool, const double*,        \
-                                                const double*, const std::int64_t*, const double*, std::int64_t*,      \
-                                                std::int64_t*, std::int64_t*, int);
+                                                const double*, const std::int64_t*, std::int64_t*, std::int64_t*,      \
+                                                std::int64_t*, int);
 RF_INSTANTIATE(std::int32_t)
 RF_INSTANTIATE(std::int64_t)
 #undef RF_INSTANTIATE

@@ -10,12 +10,8 @@ using rp::carray;
 
 namespace {
 
-void check_guide(const std::optional<carray<std::int64_t>>& guide, const std::optional<carray<double>>& entry_cum,
-                 bool weighted, std::int64_t n_items, std::int64_t nnz, const char* op) {
-  if (entry_cum) {
-    rp::require(weighted, std::string(op) + ": entry_cum needs cum and G");
-    rp::require_size(*entry_cum, nnz, op, "entry_cum");
-  }
+void check_guide(const std::optional<carray<std::int64_t>>& guide, bool weighted, std::int64_t n_items,
+                 const char* op) {
   if (!guide) return;
   rp::require(weighted, std::string(op) + ": guide needs cum and G");
   rp::require(n_items > 1, std::string(op) + ": guide needs n_items > 1");
@@ -27,11 +23,10 @@ std::int64_t sample(const carray<std::int64_t>& indptr, const carray<I>& indices
                     const carray<std::int64_t>& users, std::int64_t num_negatives, std::uint64_t seed,
                     std::int64_t row_offset, bool replace, const std::optional<carray<double>>& cum,
                     const std::optional<carray<double>>& G, carray<std::int64_t>& out, int num_threads,
-                    const std::optional<carray<std::int64_t>>& guide,
-                    const std::optional<carray<double>>& entry_cum) {
+                    const std::optional<carray<std::int64_t>>& guide) {
   const std::int64_t n_users = indptr.size() - 1;
   const std::int64_t batch = users.size();
-  check_guide(guide, entry_cum, cum.has_value(), n_items, indices.size(), "sample_negatives");
+  check_guide(guide, cum.has_value(), n_items, "sample_negatives");
   rp::require(cum.has_value() == G.has_value(), "sample_negatives: cum and G must be given together");
   if (cum) rp::require_size(*cum, n_items + 1, "sample_negatives", "cum");
   if (G) rp::require_size(*G, indices.size() + 1, "sample_negatives", "G");
@@ -40,7 +35,7 @@ std::int64_t sample(const carray<std::int64_t>& indptr, const carray<I>& indices
   return recfast::cpu::sample_negatives<I>(indptr.data(), indices.data(), n_users, n_items, users.data(), batch,
                                            num_negatives, seed, row_offset, replace, cum ? cum->data() : nullptr,
                                            G ? G->data() : nullptr, out.mutable_data(), num_threads,
-                                           guide ? guide->data() : nullptr, entry_cum ? entry_cum->data() : nullptr);
+                                           guide ? guide->data() : nullptr);
 }
 
 template <typename I>
@@ -49,11 +44,10 @@ std::int64_t triples(const carray<std::int64_t>& indptr, const carray<I>& indice
                      std::uint64_t seed, std::int64_t row_offset, bool replace,
                      const std::optional<carray<double>>& cum, const std::optional<carray<double>>& G,
                      carray<std::int64_t>& users_out, carray<std::int64_t>& items_out, carray<std::int64_t>& out,
-                     int num_threads, const std::optional<carray<std::int64_t>>& guide,
-                     const std::optional<carray<double>>& entry_cum) {
+                     int num_threads, const std::optional<carray<std::int64_t>>& guide) {
   const std::int64_t n_users = indptr.size() - 1;
   const std::int64_t batch = order.size();
-  check_guide(guide, entry_cum, cum.has_value(), n_items, indices.size(), "sample_triples");
+  check_guide(guide, cum.has_value(), n_items, "sample_triples");
   rp::require(cum.has_value() == G.has_value(), "sample_triples: cum and G must be given together");
   if (cum) rp::require_size(*cum, n_items + 1, "sample_triples", "cum");
   if (G) rp::require_size(*G, indices.size() + 1, "sample_triples", "G");
@@ -65,8 +59,7 @@ std::int64_t triples(const carray<std::int64_t>& indptr, const carray<I>& indice
   return recfast::cpu::sample_triples<I>(indptr.data(), indices.data(), n_users, n_items, row_of.data(), order.data(),
                                          batch, num_negatives, seed, row_offset, replace, cum ? cum->data() : nullptr,
                                          G ? G->data() : nullptr, users_out.mutable_data(), items_out.mutable_data(),
-                                         out.mutable_data(), num_threads, guide ? guide->data() : nullptr,
-                                         entry_cum ? entry_cum->data() : nullptr);
+                                         out.mutable_data(), num_threads, guide ? guide->data() : nullptr);
 }
 
 template <typename I>
@@ -74,8 +67,7 @@ std::int64_t epoch_triples(const carray<std::int64_t>& indptr, const carray<I>& 
                            const carray<std::int64_t>& row_of, bool shuffle, std::uint64_t order_seed,
                            std::int64_t start, std::int64_t num_negatives, std::uint64_t seed, bool replace,
                            const std::optional<carray<double>>& cum, const std::optional<carray<double>>& G,
-                           const std::optional<carray<std::int64_t>>& guide,
-                           const std::optional<carray<double>>& entry_cum, carray<std::int64_t>& users_out,
+                           const std::optional<carray<std::int64_t>>& guide, carray<std::int64_t>& users_out,
                            carray<std::int64_t>& items_out, carray<std::int64_t>& out, int num_threads) {
   const std::int64_t n_users = indptr.size() - 1;
   const std::int64_t nnz = indices.size();
@@ -83,7 +75,7 @@ std::int64_t epoch_triples(const carray<std::int64_t>& indptr, const carray<I>& 
   rp::require(cum.has_value() == G.has_value(), "sample_epoch_triples: cum and G must be given together");
   if (cum) rp::require_size(*cum, n_items + 1, "sample_epoch_triples", "cum");
   if (G) rp::require_size(*G, nnz + 1, "sample_epoch_triples", "G");
-  check_guide(guide, entry_cum, cum.has_value(), n_items, nnz, "sample_epoch_triples");
+  check_guide(guide, cum.has_value(), n_items, "sample_epoch_triples");
   rp::require_size(row_of, nnz, "sample_epoch_triples", "row_of");
   rp::require(start >= 0 && start <= nnz - batch, "sample_epoch_triples: need 0 <= start and start + len(users_out) "
                                                   "<= nnz, got start=" + std::to_string(start) + ", batch=" +
@@ -94,8 +86,7 @@ std::int64_t epoch_triples(const carray<std::int64_t>& indptr, const carray<I>& 
   return recfast::cpu::sample_epoch_triples<I>(indptr.data(), indices.data(), n_users, n_items, row_of.data(), nnz,
                                                shuffle, order_seed, start, batch, num_negatives, seed, replace,
                                                cum ? cum->data() : nullptr, G ? G->data() : nullptr,
-                                               guide ? guide->data() : nullptr,
-                                               entry_cum ? entry_cum->data() : nullptr, users_out.mutable_data(),
+                                               guide ? guide->data() : nullptr, users_out.mutable_data(),
                                                items_out.mutable_data(), out.mutable_data(), num_threads);
 }
 
@@ -106,7 +97,6 @@ void bind_typed(py::module_& m) {
         py::arg("seed"), py::arg("row_offset"), py::arg("replace"), py::arg("cum").noconvert().none(true),
         py::arg("G").noconvert().none(true), py::arg("users_out").noconvert(), py::arg("items_out").noconvert(),
         py::arg("out").noconvert(), py::arg("num_threads"), py::arg("guide").noconvert().none(true) = py::none(),
-        py::arg("entry_cum").noconvert().none(true) = py::none(),
         "A loader batch in one call: users_out[b] = row_of[order[b]], items_out[b] = indices[order[b]] and their "
         "negatives in out, as sample_negatives draws them; returns -1 or the first bad batch position. Callers "
         "validate order and row_of first.");
@@ -114,8 +104,7 @@ void bind_typed(py::module_& m) {
         py::arg("n_items"), py::arg("row_of").noconvert(), py::arg("shuffle"), py::arg("order_seed"),
         py::arg("start"), py::arg("num_negatives"), py::arg("seed"), py::arg("replace"),
         py::arg("cum").noconvert().none(true), py::arg("G").noconvert().none(true),
-        py::arg("guide").noconvert().none(true), py::arg("entry_cum").noconvert().none(true),
-        py::arg("users_out").noconvert(), py::arg("items_out").noconvert(),
+        py::arg("guide").noconvert().none(true), py::arg("users_out").noconvert(), py::arg("items_out").noconvert(),
         py::arg("out").noconvert(), py::arg("num_threads"),
         "Positions [start, start + len(users_out)) of an epoch: entry e = p (shuffle false) or the Feistel "
         "permutation (bpr_epoch_order(nnz, order_seed, ...)) of p, users_out = row_of[e], items_out = indices[e] "
@@ -125,7 +114,6 @@ void bind_typed(py::module_& m) {
         py::arg("row_offset"), py::arg("replace"), py::arg("cum").noconvert().none(true),
         py::arg("G").noconvert().none(true), py::arg("out").noconvert(), py::arg("num_threads"),
         py::arg("guide").noconvert().none(true) = py::none(),
-        py::arg("entry_cum").noconvert().none(true) = py::none(),
         "Writes negatives into out (flattened (batch, K)); returns -1, or the batch position of the first "
         "user without enough candidates. Callers validate ids first.");
 }

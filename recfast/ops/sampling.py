@@ -121,12 +121,11 @@ def sample_negatives(
     host_out = out if on_cpu else torch.empty_like(out, device="cpu")
     cum_h = None if cum is None else cum.cpu()
     G_h = None if G is None else G.cpu()
-    guide, entry_cum = (_cdf_guide(csr, weights, users64.numel() * k) if on_cpu and weights is not None and replace
-                        else (None, None))
+    guide = _cdf_guide(csr, weights, users64.numel() * k) if on_cpu and weights is not None and replace else None
     b = _C.sample_negatives(np_view(c.indptr), np_view(c.indices), n_items, np_view(users64.cpu()), k, seed,
                             int(row_offset), bool(replace), None if cum_h is None else np_view(cum_h),
                             None if G_h is None else np_view(G_h), np_view(host_out).reshape(-1),
-                            nt, None if guide is None else np_view(guide), None if entry_cum is None else np_view(entry_cum))
+                            nt, None if guide is None else np_view(guide))
     if b >= 0:
         _raise_no_negatives(csr, users64, b, k, replace, weights)
     return out if on_cpu else host_out.to(csr.device)
@@ -165,10 +164,10 @@ def _sample_triples(
         check_range(op, "order", order, csr.nnz)
     n_items = csr.n_cols
     k = int(num_negatives)
-    cum = G = guide = entry_cum = None
+    cum = G = guide = None
     if weights is not None:
         cum, G = _weighted_prefix(csr, weights)
-        guide, entry_cum = _cdf_guide(csr, weights, order.numel() * k)
+        guide = _cdf_guide(csr, weights, order.numel() * k)
     n = order.numel()
     users = torch.empty(n, dtype=torch.int64)
     items = torch.empty(n, dtype=torch.int64)
@@ -178,8 +177,7 @@ def _sample_triples(
     b = _C.sample_triples(np_view(csr.indptr), np_view(csr.indices), n_items, np_view(row_of), np_view(order), k,
                           int(seed) & _MASK64, int(row_offset), True, None if cum is None else np_view(cum),
                           None if G is None else np_view(G), np_view(users), np_view(items), np_view(out).reshape(-1),
-                          int(num_threads or 0), None if guide is None else np_view(guide),
-                          None if entry_cum is None else np_view(entry_cum))
+                          int(num_threads or 0), None if guide is None else np_view(guide))
     if b >= 0:
         _raise_no_negatives(csr, users, b, k, True, weights)
     return users, items, out
@@ -207,28 +205,26 @@ def _weighted_entry(csr: CSR, weights: torch.Tensor) -> list:
     zero = torch.zeros(1, dtype=torch.float64, device=w.device)
     cum = torch.cat([zero, torch.cumsum(w, 0)])
     G = torch.cat([zero, torch.cumsum(w[csr.indices.to(torch.int64)], 0)])
-    entry = [weakref.ref(weights), version, cum, G, None, None]  # + CPU guide, cum[indices] (on demand)
+    entry = [weakref.ref(weights), version, cum, G, None]  # the CPU guide table, built on demand
     _WEIGHT_CACHE[csr] = entry
     return entry
 
 
-def _cdf_guide(csr: CSR, weights: torch.Tensor, draws: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """The CPU kernel's guide table over the cached CDF and ``cum[indices]`` (the CDF at every
-    stored entry, read by the row search), cached with the prefix sums: built once the draws of a
-    call (batch * K) repay their O(n_items + nnz) cost, as the kernel would build its own guide,
-    and passed to every later call with the same weights. Neither changes any draw."""
+def _cdf_guide(csr: CSR, weights: torch.Tensor, draws: int) -> torch.Tensor | None:
+    """The CPU kernel's guide table over the cached CDF, cached with it; built once the draws of a
+    call (batch * K) repay its O(n_items) cost, as the kernel would build it itself, and passed
+    to every later call with the same weights (the output is the same with or without it)."""
     entry = _weighted_entry(csr, weights)
     if entry[4] is not None:
-        return entry[4], entry[5]
+        return entry[4]
     cum = entry[2]
     n_items = cum.numel() - 1
     if cum.device.type != "cpu" or n_items <= 1 or draws < n_items // 4 + 64 or not float(cum[-1]) > 0.0:
-        return None, None
+        return None
     guide = torch.empty(n_items + 1, dtype=torch.int64)
     _C.sampling_cdf_guide(np_view(cum), np_view(guide))
-    entry[5] = cum[csr.indices.to(torch.int64)].contiguous()
     entry[4] = guide
-    return guide, entry[5]
+    return guide
 
 
 def _sample_epoch_triples(
@@ -250,10 +246,10 @@ def _sample_epoch_triples(
     ``_sample_triples(csr, row_of, order, num_negatives, seed=seed, weights=weights,
     row_offset=start)``. The loaders validate their arguments; ``row_of`` is int64 (nnz)."""
     k = int(num_negatives)
-    cum = G = guide = entry_cum = None
+    cum = G = guide = None
     if weights is not None:
         cum, G = _weighted_prefix(csr, weights)
-        guide, entry_cum = _cdf_guide(csr, weights, length * k)
+        guide = _cdf_guide(csr, weights, length * k)
     users = torch.empty(length, dtype=torch.int64)
     items = torch.empty(length, dtype=torch.int64)
     out = torch.empty(length, k, dtype=torch.int64)
@@ -262,8 +258,7 @@ def _sample_epoch_triples(
     b = _C.sample_epoch_triples(np_view(csr.indptr), np_view(csr.indices), csr.n_cols, np_view(row_of), bool(shuffle),
                                 int(order_seed) & _MASK64, int(start), k, int(seed) & _MASK64, True,
                                 None if cum is None else np_view(cum), None if G is None else np_view(G),
-                                None if guide is None else np_view(guide),
-                                None if entry_cum is None else np_view(entry_cum), np_view(users), np_view(items),
+                                None if guide is None else np_view(guide), np_view(users), np_view(items),
                                 np_view(out).reshape(-1), int(num_threads or 0))
     if b >= 0:
         _raise_no_negatives(csr, users, b, k, True, weights)

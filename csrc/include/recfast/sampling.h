@@ -185,15 +185,13 @@ std::int64_t sample_negatives(const offset_t* indptr, const I* indices, std::int
                               const std::int64_t* users, std::int64_t batch, std::int64_t num_negatives,
                               std::uint64_t seed, std::int64_t row_offset, bool replace, const double* cum,
                               const double* G, std::int64_t* out, int num_threads,
-                              const std::int64_t* guide = nullptr, const double* entry_cum = nullptr);
+                              const std::int64_t* guide = nullptr);
 
 // guide[j] = #{x : cum[x + 1] <= j * cum[n_items] / n_items} for j = 0..n_items (n_items + 1
 // entries; needs n_items > 1 and cum[n_items] > 0): the bucket table that weighted sampling with
 // replacement searches first. Callers that sample many batches with the same weights build it once
 // and pass it as `guide`; without it, a call builds its own when the batch is large enough. The
-// output is the same with or without a guide. entry_cum (optional, nnz doubles) is
-// cum[indices[p]] for every stored entry p, which spares the weighted row search a dependent load
-// per step; it too changes no draw.
+// output is the same with or without a guide.
 void build_cdf_guide(const double* cum, std::int64_t n_items, std::int64_t* guide);
 
 // A loader's batch in one call: interaction e = order[b] (an index into indices) gives
@@ -204,8 +202,7 @@ std::int64_t sample_triples(const offset_t* indptr, const I* indices, std::int64
                             const std::int64_t* row_of, const std::int64_t* order, std::int64_t batch,
                             std::int64_t num_negatives, std::uint64_t seed, std::int64_t row_offset, bool replace,
                             const double* cum, const double* G, std::int64_t* users_out, std::int64_t* items_out,
-                            std::int64_t* out, int num_threads, const std::int64_t* guide = nullptr,
-                            const double* entry_cum = nullptr);
+                            std::int64_t* out, int num_threads, const std::int64_t* guide = nullptr);
 
 // sample_triples for positions [start, start + batch) of an epoch over the nnz stored entries,
 // without an order array: position p takes entry p (shuffle == false) or
@@ -217,9 +214,8 @@ std::int64_t sample_epoch_triples(const offset_t* indptr, const I* indices, std:
                                   std::int64_t n_items, const std::int64_t* row_of, std::int64_t nnz, bool shuffle,
                                   std::uint64_t order_seed, std::int64_t start, std::int64_t batch,
                                   std::int64_t num_negatives, std::uint64_t seed, bool replace, const double* cum,
-                                  const double* G, const std::int64_t* guide, const double* entry_cum,
-                                  std::int64_t* users_out, std::int64_t* items_out, std::int64_t* out,
-                                  int num_threads);
+                                  const double* G, const std::int64_t* guide, std::int64_t* users_out,
+                                  std::int64_t* items_out, std::int64_t* out, int num_threads);
 
 // The uniform kernel's instruction set, for tests and benchmarks: "auto" (AVX-512 where the CPU
 // has avx512f and avx512dq and n_items < 2^32, else scalar), "scalar" or "avx512" (falls back to
