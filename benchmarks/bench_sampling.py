@@ -8,7 +8,8 @@ Baselines:
                       extrapolated
 
 Reports negatives/s for one draw per training interaction (users in epoch order, i.e. shuffled),
-and a whole epoch of (user, pos, neg) triples with the shuffle included.
+and a whole epoch of (user, pos, neg) triples with the shuffle included (the CPU loader computes
+its seeded order on the fly inside the batch kernel), with uniform and with weighted negatives.
 
   python benchmarks/bench_sampling.py [--large] [--device cuda] [--quick]
 """
@@ -191,6 +192,18 @@ def main() -> None:
         records.append(record("pairwise_epoch", "torch_shuffle+rejection", dev, params, ep, tep,
                               recfast_triples_per_s=csr.nnz / ep * 1e3))
         print(f"  recfast epoch of triples: {csr.nnz / ep / 1e3:.1f} M/s")
+        # the same epoch with weighted negatives (pop^0.75)
+        wloader = recfast.data.PairwiseLoader(csr, 65_536, seed=0, device=dev, weights=w)
+
+        def wepoch():
+            for _ in wloader:
+                pass
+
+        wep = time_fn(wepoch, device=dev, repeat=max(3, args.repeat // 2), warmup=1)
+        records.append(record("pairwise_epoch_weighted", "recfast_uniform_epoch", dev, params, wep, ep,
+                              recfast_triples_per_s=csr.nnz / wep * 1e3,
+                              note="weighted epoch against uniform epoch: speedup < 1 means weighted is slower"))
+        print(f"  recfast epoch of triples, weighted negatives: {csr.nnz / wep / 1e3:.1f} M/s")
     out = write_results(records, args.out, "sampling", dev)
     print_table(records)
     print(f"wrote {out}")

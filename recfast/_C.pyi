@@ -27,13 +27,23 @@ def sample_negatives(
     indptr: npt.NDArray[np.int64], indices: npt.NDArray[Any], n_items: int, users: npt.NDArray[np.int64],
     num_negatives: int, seed: int, row_offset: int, replace: bool, cum: npt.NDArray[np.float64] | None,
     G: npt.NDArray[np.float64] | None, out: npt.NDArray[np.int64], num_threads: int,
+    guide: npt.NDArray[np.int64] | None = None,
 ) -> int: ...
 def sample_triples(
     indptr: npt.NDArray[np.int64], indices: npt.NDArray[Any], n_items: int, row_of: npt.NDArray[np.int64],
     order: npt.NDArray[np.int64], num_negatives: int, seed: int, row_offset: int, replace: bool,
     cum: npt.NDArray[np.float64] | None, G: npt.NDArray[np.float64] | None, users_out: npt.NDArray[np.int64],
     items_out: npt.NDArray[np.int64], out: npt.NDArray[np.int64], num_threads: int,
+    guide: npt.NDArray[np.int64] | None = None,
 ) -> int: ...
+def sample_epoch_triples(
+    indptr: npt.NDArray[np.int64], indices: npt.NDArray[Any], n_items: int, row_of: npt.NDArray[np.int64],
+    shuffle: bool, order_seed: int, start: int, num_negatives: int, seed: int, replace: bool,
+    cum: npt.NDArray[np.float64] | None, G: npt.NDArray[np.float64] | None, guide: npt.NDArray[np.int64] | None,
+    users_out: npt.NDArray[np.int64], items_out: npt.NDArray[np.int64], out: npt.NDArray[np.int64],
+    num_threads: int,
+) -> int: ...
+def sampling_cdf_guide(cum: npt.NDArray[np.float64], guide: npt.NDArray[np.int64]) -> None: ...
 def sampling_isa() -> str: ...
 def set_sampling_isa(isa: str) -> str: ...
 def sampling_isas() -> list[str]: ...

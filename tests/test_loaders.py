@@ -177,3 +177,59 @@ def test_cuda_loader_gives_the_cpu_epoch() -> None:
     cpu = _epoch(PairwiseLoader(csr, 256, 2, seed=9))
     gpu = _epoch(PairwiseLoader(csr, 256, 2, seed=9, device="cuda"))
     assert all(g.device.type == "cuda" and torch.equal(g.cpu(), c) for g, c in zip(gpu, cpu))
+
+
+@pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_epoch_kernel_equals_the_order_array_path(index_dtype, weighted) -> None:
+    """_C.sample_epoch_triples computes the epoch's Feistel order on the fly: its batches equal the
+    order-array kernel fed with _C.bpr_epoch_order (or arange), for any thread count and split."""
+    from recfast import _C
+    from recfast.ops.sampling import _sample_epoch_triples, _sample_triples
+
+    csr = recfast.data.synthetic(300, 150, 5000, seed=8).to_csr()
+    csr = recfast.CSR(csr.indptr, csr.indices.to(index_dtype), csr.shape)
+    row_of = torch.repeat_interleave(torch.arange(csr.n_rows), csr.row_lengths())
+    w = torch.rand(csr.n_cols, generator=torch.Generator().manual_seed(1)) ** 3 if weighted else None
+    for shuffle in (True, False):
+        for start, length, k in ((0, csr.nnz, 1), (37, 2100, 3), (4999 - 70, 70, 2), (11, 0, 1)):
+            order = (torch.from_numpy(_C.bpr_epoch_order(csr.nnz, 12345, start, start + length)) if shuffle
+                     else torch.arange(start, start + length))
+            want = _sample_triples(csr, row_of, order, k, seed=6, weights=w, row_offset=start)
+            for threads in (1, 2, 3):
+                got = _sample_epoch_triples(csr, row_of, shuffle, 12345, start, length, k, seed=6, weights=w,
+                                            num_threads=threads)
+                assert all(torch.equal(a, b) for a, b in zip(got, want))
+    with pytest.raises(ValueError, match="start"):
+        _sample_epoch_triples(csr, row_of, True, 0, csr.nnz - 5, 10, 1, seed=0)
+
+
+def test_epoch_order_is_a_permutation_that_changes_with_the_epoch(csr) -> None:
+    loader = PairwiseLoader(csr, 1000, seed=3)
+    users0, pos0, _ = _epoch(loader)
+    users1, pos1, _ = _epoch(loader)
+    key0, key1 = users0 * csr.n_cols + pos0, users1 * csr.n_cols + pos1
+    assert torch.equal(key0.sort().values, key1.sort().values)
+    assert (key0 != key1).float().mean() > 0.9
+
+
+@pytest.mark.parametrize("nnz", [1, 2, 3, 5, 17, 64, 1000, 4097])
+def test_epoch_kernel_order_on_every_path(nnz) -> None:
+    """The kernel's on-the-fly order (AVX-512 lanes and scalar) is bpr_epoch_order's, also for tiny
+    and power-of-two-adjacent sizes."""
+    from recfast import _C
+    from recfast.ops.sampling import _sample_epoch_triples
+
+    rows = torch.arange(nnz) % 7
+    cols = torch.arange(nnz) // 7
+    csr = recfast.CSR.from_coo(rows, cols, shape=(7, nnz // 7 + 2))
+    row_of = torch.repeat_interleave(torch.arange(csr.n_rows), csr.row_lengths())
+    want = torch.from_numpy(_C.bpr_epoch_order(nnz, 99, 0, nnz))
+    previous = _C.sampling_isa()
+    try:
+        for isa in _C.sampling_isas():
+            _C.set_sampling_isa(isa)
+            users, items, _ = _sample_epoch_triples(csr, row_of, True, 99, 0, nnz, 1, seed=0)
+            assert torch.equal(users, row_of[want]) and torch.equal(items, csr.indices.long()[want])
+    finally:
+        _C.set_sampling_isa(previous)

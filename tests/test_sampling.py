@@ -370,3 +370,37 @@ def test_cuda_user_without_negatives_raises() -> None:
     csr = recfast.CSR(torch.tensor([0, 2, 3]), torch.tensor([0, 1, 1], dtype=torch.int32), (2, 2)).to("cuda")
     with pytest.raises(ValueError, match="user 0 has no negative"):
         sample_negatives(csr, torch.tensor([1, 0], device="cuda"), 1, seed=0)
+
+
+def test_cached_guide_table_gives_the_same_draws() -> None:
+    """The guide table cached with the weights (passed to every later call) changes nothing: small
+    batches with it (lockstep lanes) equal the per-row path without it."""
+    from recfast import _C
+    from recfast._backend import np_view
+    from recfast.ops.sampling import _cdf_guide, _weighted_prefix
+
+    csr = random_csr(120, 400, 0.1, seed=5)
+    w = torch.rand(400, generator=torch.Generator().manual_seed(0), dtype=torch.float64) ** 4
+    w[::5] = 0.0
+    cum, G = _weighted_prefix(csr, w)
+    assert _cdf_guide(csr, w, 10) is None  # too few draws to build it
+    guide = _cdf_guide(csr, w, 10_000)
+    assert guide is not None and _cdf_guide(csr, w, 1) is guide
+    users = torch.randint(0, 120, (300,), generator=torch.Generator().manual_seed(1))
+    for batch in (1, 7, 40, 300):
+        for k in (1, 3):
+            outs = []
+            for gd in (None, guide):
+                out = torch.empty(batch, k, dtype=torch.int64)
+                assert _C.sample_negatives(np_view(csr.indptr), np_view(csr.indices), 400, np_view(users[:batch]), k,
+                                           5, 0, True, np_view(cum), np_view(G), np_view(out).reshape(-1), 2,
+                                           None if gd is None else np_view(gd)) == -1
+                outs.append(out)
+            assert torch.equal(outs[0], outs[1])
+            assert torch.equal(outs[0], _sample_negatives_ref(csr, users[:batch], k, seed=5, weights=w))
+    with pytest.raises(ValueError, match="guide"):
+        _C.sample_negatives(np_view(csr.indptr), np_view(csr.indices), 400, np_view(users), 1, 5, 0, True, np_view(cum),
+                            np_view(G), np_view(torch.empty(300, dtype=torch.int64)), 1,
+                            np_view(guide[:-1].clone()))
+    with pytest.raises(ValueError, match="total weight"):
+        _C.sampling_cdf_guide(np_view(torch.zeros(401, dtype=torch.float64)), np_view(torch.empty(401, dtype=torch.int64)))

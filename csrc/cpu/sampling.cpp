@@ -5,6 +5,7 @@
 #include <cstring>
 #include <vector>
 
+#include "recfast/bpr.h"  // FeistelPermutation: the epoch order of sample_epoch_triples
 #include "recfast/parallel.h"
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -334,6 +335,7 @@ RF_AVX512 void weighted_lanes_avx512(const offset_t* indptr, const I* indices, s
   const __m512d unit = _mm512_set1_pd(1.0 / 9007199254740992.0);
   const __m512d one_d = _mm512_set1_pd(1.0);
   const __m512d last_d = _mm512_set1_pd(static_cast<double>(M - 1));
+  const __m512i n_items_v = _mm512_set1_epi64(n_items);
   for (std::int64_t k = 0; k < K; ++k) {
     const __m512i step = _mm512_set1_epi64(static_cast<long long>(static_cast<std::uint64_t>(k) * 0x9E3779B97F4A7C15ull));
     __m512d t[V], ta[V];
@@ -387,6 +389,33 @@ RF_AVX512 void weighted_lanes_avx512(const offset_t* indptr, const I* indices, s
       if (!any) break;
     }
     for (int v = 0; v < V; ++v) {
+      // The common case in vector form: guide_fixup leaves a unchanged (cum[a] <= ta < cum[a + 1])
+      // and weighted_finish accepts it (a < n_items, positive weight, a after exactly lo row items
+      // and not one of them). Only the other lanes take the scalar repair.
+      const __mmask8 inside = _mm512_cmplt_epi64_mask(a[v], n_items_v);
+      const __m512d ca = _mm512_i64gather_pd(a[v], cum, 8);
+      const __m512d ca1 = _mm512_mask_i64gather_pd(zerod, inside, _mm512_add_epi64(a[v], one), cum, 8);
+      const __mmask8 has_next = _mm512_cmplt_epi64_mask(lo[v], deg[v]);
+      const __mmask8 has_prev = _mm512_cmpgt_epi64_mask(lo[v], zero);
+      const __m512i pos = _mm512_add_epi64(start[v], lo[v]);
+      const __m512i next = gather_index_v<I>(has_next, pos, indices);
+      const __m512i prev = gather_index_v<I>(has_prev, _mm512_sub_epi64(pos, one), indices);
+      __mmask8 good = ok[v] & inside;
+      good &= static_cast<__mmask8>(_mm512_cmpeq_epi64_mask(a[v], zero) | _mm512_cmp_pd_mask(ca, ta[v], _CMP_NGT_UQ));
+      good &= _mm512_cmp_pd_mask(ca1, ta[v], _CMP_NLE_UQ);
+      good &= _mm512_cmp_pd_mask(_mm512_sub_pd(ca1, ca), zerod, _CMP_GT_OQ);
+      good &= static_cast<__mmask8>(~has_next | _mm512_cmpneq_epi64_mask(next, a[v]));
+      good &= static_cast<__mmask8>(~has_prev | _mm512_cmplt_epi64_mask(prev, a[v]));
+      if (K == 1) {
+        _mm512_mask_storeu_epi64(out + b0 + 8 * v, good, a[v]);
+      } else {
+        alignas(64) std::int64_t a_g[8];
+        _mm512_store_si512(a_g, a[v]);
+        for (int l = 0; l < 8; ++l)
+          if (good >> l & 1) out[(b0 + 8 * v + l) * K + k] = a_g[l];
+      }
+      const __mmask8 rest = ok[v] & static_cast<__mmask8>(~good);
+      if (!rest) continue;
       alignas(64) std::int64_t lo_s[8], a_s[8], st_s[8], dg_s[8];
       alignas(64) double ta_s[8];
       _mm512_store_si512(lo_s, lo[v]);
@@ -395,12 +424,44 @@ RF_AVX512 void weighted_lanes_avx512(const offset_t* indptr, const I* indices, s
       _mm512_store_si512(dg_s, deg[v]);
       _mm512_store_pd(ta_s, ta[v]);
       for (int l = 0; l < 8; ++l) {
-        if (!(ok[v] >> l & 1)) continue;
+        if (!(rest >> l & 1)) continue;
         const std::int64_t x = guide_fixup(cum, n_items, a_s[l], ta_s[l]);
         out[(b0 + 8 * v + l) * K + k] = weighted_finish(cum, n_items, indices + st_s[l], dg_s[l], lo_s[l], x);
       }
     }
   }
+}
+
+// FeistelPermutation(p0 + i) for i = 0..7, the scalar arithmetic lane by lane (64-bit products
+// wrap the same way), cycle walking masked per lane.
+RF_AVX512 inline __m512i feistel_once_v(const FeistelPermutation& P, __m512i x) {
+  int a = P.wa, b = P.wb;
+  __m512i L = _mm512_srl_epi64(x, _mm_cvtsi32_si128(b));
+  __m512i R = _mm512_and_si512(x, _mm512_set1_epi64(static_cast<long long>((std::uint64_t{1} << b) - 1)));
+  for (int r = 0; r < 4; ++r) {
+    __m512i h = _mm512_mullo_epi64(_mm512_xor_si512(R, _mm512_set1_epi64(static_cast<long long>(P.keys[r]))),
+                                   _mm512_set1_epi64(static_cast<long long>(0xD1B54A32D192ED03ull)));
+    h = _mm512_xor_si512(h, _mm512_srli_epi64(h, 29));
+    h = _mm512_mullo_epi64(h, _mm512_set1_epi64(static_cast<long long>(0x94D049BB133111EBull)));
+    const __m512i f = _mm512_and_si512(_mm512_srli_epi64(h, 32),
+                                       _mm512_set1_epi64(static_cast<long long>((std::uint64_t{1} << a) - 1)));
+    const __m512i nr = _mm512_xor_si512(L, f);
+    L = R;
+    R = nr;
+    const int t = a;
+    a = b;
+    b = t;
+  }
+  return _mm512_or_si512(_mm512_sll_epi64(L, _mm_cvtsi32_si128(b)), R);
+}
+
+RF_AVX512 void feistel8(const FeistelPermutation& P, std::int64_t p0, std::int64_t* e) {
+  const __m512i n = _mm512_set1_epi64(static_cast<long long>(P.n));
+  __m512i y = feistel_once_v(P, _mm512_add_epi64(_mm512_set1_epi64(p0), _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0)));
+  for (__mmask8 walk = _mm512_cmpge_epu64_mask(y, n); walk; walk = _mm512_cmpge_epu64_mask(y, n)) {
+    y = _mm512_mask_mov_epi64(y, walk, feistel_once_v(P, y));
+  }
+  _mm512_storeu_si512(e, y);
 }
 
 bool cpu_has_avx512() {
@@ -453,220 +514,329 @@ bool set_sampling_isa(const char* name) {
 
 bool sampling_avx512_available() { return cpu_has_avx512(); }
 
+void build_cdf_guide(const double* cum, std::int64_t n_items, std::int64_t* guide) {
+  // M = n_items buckets of equal mass; see guide_bracket.
+  const std::int64_t M = n_items;
+  const double total = cum[n_items];
+  const double h = total / static_cast<double>(M);
+  std::int64_t a = 0;
+  for (std::int64_t j = 0; j <= M; ++j) {
+    const double v = static_cast<double>(j) * h;
+    while (a < n_items && cum[a + 1] <= v) ++a;
+    guide[j] = a;
+  }
+}
+
+namespace {
+
+// How one call samples its rows: which kernel, and everything it reads. range() samples batch
+// positions [b, e) on the calling thread; every path draws the same items for a position, so
+// any split of the batch into ranges (and any thread count) gives the same output.
+template <typename I>
+struct Plan {
+  enum Mode { kUniformAvx512, kUniformLanes, kWeightedAvx512, kWeightedLanes, kRows };
+  const offset_t* indptr;
+  const I* indices;
+  std::int64_t n_items;
+  const std::int64_t* users;
+  std::int64_t K;
+  std::uint64_t seed, hseed;
+  std::int64_t row_offset;
+  bool replace;
+  const double* cum;
+  const double* G;
+  const std::int64_t* guide;
+  std::int64_t M;
+  double inv_h;
+  std::int64_t* out;
+  std::atomic<std::int64_t>* first_bad;
+  Mode mode;
+
+  int lanes() const {
+#if RF_SAMPLING_AVX512
+    if (mode == kUniformAvx512 || mode == kWeightedAvx512) return 8 * RF_AVX512_VECTORS;
+#endif
+    return mode == kRows ? 1 : 8;
+  }
+
+  // L = lanes() rows from b0 (prefetching rows below prefetch_end).
+  void chunk(std::int64_t b0, std::int64_t prefetch_end) const {
+    switch (mode) {
+#if RF_SAMPLING_AVX512
+      case kUniformAvx512:
+        uniform_lanes_avx512<I, RF_AVX512_VECTORS>(indptr, indices, n_items, users, b0, K, hseed, row_offset, out,
+                                                   *first_bad, prefetch_end);
+        return;
+      case kWeightedAvx512:
+        weighted_lanes_avx512<I, RF_AVX512_VECTORS>(indptr, indices, n_items, users, b0, K, hseed, row_offset, cum,
+                                                    G, guide, M, inv_h, out, *first_bad, prefetch_end);
+        return;
+#endif
+      case kUniformLanes:
+        uniform_lanes<I, 8>(indptr, indices, n_items, users, b0, K, seed, row_offset, out, *first_bad, prefetch_end);
+        return;
+      case kWeightedLanes:
+        weighted_lanes<I, 8>(indptr, indices, n_items, users, b0, K, seed, row_offset, cum, G, guide, M, inv_h, out,
+                             *first_bad, prefetch_end);
+        return;
+      default:
+        return;
+    }
+  }
+
+  // One row by the per-row code (every mode's draws for a row equal these).
+  void row(std::int64_t b, std::vector<std::int64_t>& local_row, std::vector<double>& local_G) const {
+    if (K == 0) return;
+    const std::int64_t u = users[b];
+    const offset_t start = indptr[u];
+    const std::int64_t deg = indptr[u + 1] - start;
+    const I* r = indices + start;
+    std::int64_t* o = out + b * K;
+    const std::uint64_t key = rng_key(seed, static_cast<std::uint64_t>(row_offset + b));
+    if (cum == nullptr) {
+      const std::int64_t m = n_items - deg;
+      if (m < (replace ? 1 : K)) {
+        record_failure(*first_bad, b);
+        return;
+      }
+      if (replace) {
+        for (std::int64_t k = 0; k < K; ++k) o[k] = uniform_negative(key, static_cast<std::uint64_t>(k), r, deg, n_items);
+      } else {
+        floyd_ranks(key, m, K, o);
+        for (std::int64_t k = 0; k < K; ++k) o[k] = kth_unseen(r, deg, o[k]);
+      }
+      return;
+    }
+    const double* rowG = G + start;
+    if (replace) {
+      const double mass = complement_mass(cum, n_items, rowG, deg);
+      if (!(mass > 0.0)) {
+        record_failure(*first_bad, b);
+        return;
+      }
+      for (std::int64_t k = 0; k < K; ++k) {
+        const double t = rng_unit(rng_bits(key, static_cast<std::uint64_t>(k))) * mass;
+        o[k] = weighted_unseen(cum, n_items, r, rowG, deg, t);
+      }
+      return;
+    }
+    // Without replacement: each drawn item joins a private copy of the row, removing its mass.
+    local_row.assign(r, r + deg);
+    local_G.assign(rowG, rowG + deg + 1);
+    for (std::int64_t k = 0; k < K; ++k) {
+      const std::int64_t len = static_cast<std::int64_t>(local_row.size());
+      const double mass = cum[n_items] - (local_G[len] - local_G[0]);
+      if (!(mass > 1e-12 * cum[n_items])) {
+        record_failure(*first_bad, b);
+        break;
+      }
+      const double t = rng_unit(rng_bits(key, static_cast<std::uint64_t>(k))) * mass;
+      const std::int64_t x = weighted_unseen(cum, n_items, local_row.data(), local_G.data(), len, t);
+      o[k] = x;
+      const std::int64_t pos = row_below(local_row.data(), len, x);
+      const double w = cum[x + 1] - cum[x];
+      local_row.insert(local_row.begin() + pos, x);
+      local_G.insert(local_G.begin() + pos + 1, local_G[pos] + w);
+      for (std::int64_t q = pos + 2; q < len + 2; ++q) local_G[q] += w;
+    }
+  }
+
+  void range(std::int64_t b, std::int64_t e) const {
+    const std::int64_t L = lanes();
+    if (L > 1) {
+      for (; b + L <= e; b += L) chunk(b, e);
+    }
+    std::vector<std::int64_t> local_row;
+    std::vector<double> local_G;
+    for (; b < e; ++b) row(b, local_row, local_G);
+  }
+};
+
+// Chooses the kernel. `guide` is the caller's guide table over cum (n_items + 1 entries) or
+// nullptr; a large weighted batch without one builds it into `own_guide`.
+template <typename I>
+Plan<I> make_plan(const offset_t* indptr, const I* indices, std::int64_t n_items, const std::int64_t* users,
+                  std::int64_t batch, std::int64_t K, std::uint64_t seed, std::int64_t row_offset, bool replace,
+                  const double* cum, const double* G, const std::int64_t* guide, std::int64_t* out,
+                  std::atomic<std::int64_t>* first_bad, std::vector<std::int64_t>& own_guide) {
+  Plan<I> p{indptr, indices, n_items, users, K, seed, splitmix64(seed), row_offset, replace, cum, G, nullptr, 0, 0.0,
+            out, first_bad, Plan<I>::kRows};
+  if (K == 0 || !replace) return p;
+  const bool avx512 = isa_setting().load() != RF_ISA_SCALAR && cpu_has_avx512();
+  if (cum == nullptr) {
+    p.mode = avx512 && static_cast<std::uint64_t>(n_items) < (std::uint64_t{1} << 32) ? Plan<I>::kUniformAvx512
+                                                                                       : Plan<I>::kUniformLanes;
+    return p;
+  }
+  // Weighted with replacement: a guide table over the global CDF (M buckets of equal mass, one
+  // per item) narrows its O(log n_items) search to a bucket's few items, and rows go through the
+  // lockstep lanes. Without a cached guide one is built here (O(n_items)) when the batch's draws
+  // repay it; smaller batches take the per-row code. The output is the same either way.
+  if (n_items <= 1 || !(cum[n_items] > 0.0)) return p;
+  if (guide == nullptr) {
+    if (batch * K < n_items / 4 + 64) return p;
+    own_guide.resize(static_cast<std::size_t>(n_items + 1));
+    build_cdf_guide(cum, n_items, own_guide.data());
+    guide = own_guide.data();
+  }
+  p.guide = guide;
+  p.M = n_items;
+  p.inv_h = static_cast<double>(n_items) / cum[n_items];
+  p.mode = avx512 ? Plan<I>::kWeightedAvx512 : Plan<I>::kWeightedLanes;
+  return p;
+}
+
+}  // namespace
+
 template <typename I>
 std::int64_t sample_negatives(const offset_t* indptr, const I* indices, std::int64_t /*n_users*/,
                               std::int64_t n_items, const std::int64_t* users, std::int64_t batch,
                               std::int64_t num_negatives, std::uint64_t seed, std::int64_t row_offset, bool replace,
-                              const double* cum, const double* G, std::int64_t* out, int num_threads) {
-  const std::int64_t K = num_negatives;
+                              const double* cum, const double* G, std::int64_t* out, int num_threads,
+                              const std::int64_t* guide) {
   std::atomic<std::int64_t> first_bad{batch};
-  const bool weighted = cum != nullptr;
-  if (!weighted && replace) {
-    // Rows in chunks of L (the lockstep searches); the last batch % L rows go one by one below.
-    std::int64_t done = 0;
-#if RF_SAMPLING_AVX512
-    const bool avx512 = isa_setting().load() != RF_ISA_SCALAR && cpu_has_avx512() &&
-                        static_cast<std::uint64_t>(n_items) < (std::uint64_t{1} << 32);
-    if (avx512) {
-      constexpr int V = RF_AVX512_VECTORS;
-      constexpr int L = 8 * V;
-      const std::int64_t full = batch / L;
-      const std::uint64_t hseed = splitmix64(seed);
+  std::vector<std::int64_t> own_guide;
+  const Plan<I> p = make_plan<I>(indptr, indices, n_items, users, batch, num_negatives, seed, row_offset, replace, cum,
+                                 G, guide, out, &first_bad, own_guide);
+  const std::int64_t L = p.lanes();
+  if (L > 1) {
+    // Rows in chunks of L (the lockstep searches); the last batch % L rows go one by one.
+    const std::int64_t full = batch / L;
 #pragma omp parallel for schedule(static) num_threads(resolve_threads(num_threads))
-      for (std::int64_t c = 0; c < full; ++c) {
-        uniform_lanes_avx512<I, V>(indptr, indices, n_items, users, c * L, K, hseed, row_offset, out, first_bad,
-                                   full * L);
-      }
-      done = full * L;
-    } else
-#endif
-    {
-      constexpr int L = 8;
-      const std::int64_t full = batch / L;
-#pragma omp parallel for schedule(static) num_threads(resolve_threads(num_threads))
-      for (std::int64_t c = 0; c < full; ++c) {
-        uniform_lanes<I, L>(indptr, indices, n_items, users, c * L, K, seed, row_offset, out, first_bad, full * L);
-      }
-      done = full * L;
-    }
-    for (std::int64_t b = done; b < batch; ++b) {
-      const std::int64_t u = users[b];
-      const std::int64_t deg = indptr[u + 1] - indptr[u];
-      if (n_items - deg < 1) {
-        record_failure(first_bad, b);
-        continue;
-      }
-      const std::uint64_t key = rng_key(seed, static_cast<std::uint64_t>(row_offset + b));
-      for (std::int64_t k = 0; k < K; ++k)
-        out[b * K + k] = uniform_negative(key, static_cast<std::uint64_t>(k), indices + indptr[u], deg, n_items);
-    }
-    const std::int64_t bad = first_bad.load();
-    return bad == batch ? -1 : bad;
-  }
-  // Weighted with replacement: a guide table over the global CDF (M buckets of equal mass, one
-  // per item) narrows its O(log n_items) search to a bucket's few items, and rows go through
-  // weighted_lanes. The guide is built here, once per call (O(n_items)), when the batch's draws
-  // repay it; smaller batches take the per-row loop below. The output is the same either way.
-  if (weighted && replace && K > 0 && batch * K >= n_items / 4 + 64 && n_items > 1 && cum[n_items] > 0.0) {
-    const std::int64_t M = n_items;
-    std::vector<std::int64_t> guide(static_cast<std::size_t>(M + 1));
-    const double total = cum[n_items];
-    const double h = total / static_cast<double>(M);
-    const double inv_h = static_cast<double>(M) / total;
-    std::int64_t a = 0;
-    for (std::int64_t j = 0; j <= M; ++j) {
-      const double v = static_cast<double>(j) * h;
-      while (a < n_items && cum[a + 1] <= v) ++a;
-      guide[static_cast<std::size_t>(j)] = a;
-    }
-    std::int64_t done = 0;
-#if RF_SAMPLING_AVX512
-    if (isa_setting().load() != RF_ISA_SCALAR && cpu_has_avx512()) {
-      constexpr int V = RF_AVX512_VECTORS;
-      constexpr int L = 8 * V;
-      const std::int64_t full = batch / L;
-      const std::uint64_t hseed = splitmix64(seed);
-#pragma omp parallel for schedule(static) num_threads(resolve_threads(num_threads))
-      for (std::int64_t c = 0; c < full; ++c) {
-        weighted_lanes_avx512<I, V>(indptr, indices, n_items, users, c * L, K, hseed, row_offset, cum, G,
-                                    guide.data(), M, inv_h, out, first_bad, full * L);
-      }
-      done = full * L;
-    } else
-#endif
-    {
-      constexpr int L = 8;
-      const std::int64_t full = batch / L;
-#pragma omp parallel for schedule(static) num_threads(resolve_threads(num_threads))
-      for (std::int64_t c = 0; c < full; ++c) {
-        weighted_lanes<I, L>(indptr, indices, n_items, users, c * L, K, seed, row_offset, cum, G, guide.data(), M,
-                             inv_h, out, first_bad, full * L);
-      }
-      done = full * L;
-    }
-    for (std::int64_t b = done; b < batch; ++b) {
-      const std::int64_t u = users[b];
-      const offset_t start = indptr[u];
-      const std::int64_t deg = indptr[u + 1] - start;
-      const double mass = complement_mass(cum, n_items, G + start, deg);
-      if (!(mass > 0.0)) {
-        record_failure(first_bad, b);
-        continue;
-      }
-      const std::uint64_t key = rng_key(seed, static_cast<std::uint64_t>(row_offset + b));
-      for (std::int64_t k = 0; k < K; ++k) {
-        const double t = rng_unit(rng_bits(key, static_cast<std::uint64_t>(k))) * mass;
-        out[b * K + k] = weighted_unseen(cum, n_items, indices + start, G + start, deg, t);
-      }
-    }
-    const std::int64_t bad = first_bad.load();
-    return bad == batch ? -1 : bad;
-  }
+    for (std::int64_t c = 0; c < full; ++c) p.chunk(c * L, full * L);
+    p.range(full * L, batch);
+  } else {
 #pragma omp parallel num_threads(resolve_threads(num_threads))
-  {
-    // Per-thread scratch for weighted sampling without replacement.
-    std::vector<std::int64_t> local_row;
-    std::vector<double> local_G;
+    {
+      std::vector<std::int64_t> local_row;
+      std::vector<double> local_G;
 #pragma omp for schedule(static)
-    for (std::int64_t b = 0; b < batch; ++b) {
-      const std::int64_t u = users[b];
-      const offset_t start = indptr[u];
-      const std::int64_t deg = indptr[u + 1] - start;
-      const I* row = indices + start;
-      std::int64_t* o = out + b * K;
-      const std::uint64_t key = rng_key(seed, static_cast<std::uint64_t>(row_offset + b));
-      if (K == 0) continue;
-      if (!weighted) {
-        const std::int64_t m = n_items - deg;
-        if (m < (replace ? 1 : K)) {
-          record_failure(first_bad, b);
-          continue;
-        }
-        if (replace) {
-          for (std::int64_t k = 0; k < K; ++k) o[k] = uniform_negative(key, static_cast<std::uint64_t>(k), row, deg, n_items);
-        } else {
-          floyd_ranks(key, m, K, o);
-          for (std::int64_t k = 0; k < K; ++k) o[k] = kth_unseen(row, deg, o[k]);
-        }
-        continue;
-      }
-      const double* rowG = G + start;
-      if (replace) {
-        const double mass = complement_mass(cum, n_items, rowG, deg);
-        if (!(mass > 0.0)) {
-          record_failure(first_bad, b);
-          continue;
-        }
-        for (std::int64_t k = 0; k < K; ++k) {
-          const double t = rng_unit(rng_bits(key, static_cast<std::uint64_t>(k))) * mass;
-          o[k] = weighted_unseen(cum, n_items, row, rowG, deg, t);
-        }
-        continue;
-      }
-      // Without replacement: each drawn item joins a private copy of the row, removing its mass.
-      local_row.assign(row, row + deg);
-      local_G.assign(rowG, rowG + deg + 1);
-      for (std::int64_t k = 0; k < K; ++k) {
-        const std::int64_t len = static_cast<std::int64_t>(local_row.size());
-        const double mass = cum[n_items] - (local_G[len] - local_G[0]);
-        if (!(mass > 1e-12 * cum[n_items])) {
-          record_failure(first_bad, b);
-          break;
-        }
-        const double t = rng_unit(rng_bits(key, static_cast<std::uint64_t>(k))) * mass;
-        const std::int64_t x = weighted_unseen(cum, n_items, local_row.data(), local_G.data(), len, t);
-        o[k] = x;
-        const std::int64_t pos = row_below(local_row.data(), len, x);
-        const double w = cum[x + 1] - cum[x];
-        local_row.insert(local_row.begin() + pos, x);
-        local_G.insert(local_G.begin() + pos + 1, local_G[pos] + w);
-        for (std::int64_t q = pos + 2; q < len + 2; ++q) local_G[q] += w;
-      }
+      for (std::int64_t b = 0; b < batch; ++b) p.row(b, local_row, local_G);
     }
   }
   const std::int64_t bad = first_bad.load();
   return bad == batch ? -1 : bad;
 }
 
+namespace {
+
+// Where batch position b's entry comes from: fill(b, n, e) writes the entries of positions
+// [b, b + n).
+struct ArrayOrder {
+  const std::int64_t* order;
+  void fill(std::int64_t b, std::int64_t n, std::int64_t* e) const {
+    for (std::int64_t i = 0; i < n; ++i) e[i] = order[b + i];
+  }
+};
+
+struct IdentityOrder {
+  std::int64_t start;
+  void fill(std::int64_t b, std::int64_t n, std::int64_t* e) const {
+    for (std::int64_t i = 0; i < n; ++i) e[i] = start + b + i;
+  }
+};
+
+struct FeistelOrder {
+  FeistelPermutation perm;
+  std::int64_t start;
+  bool avx512;
+  void fill(std::int64_t b, std::int64_t n, std::int64_t* e) const {
+    std::int64_t i = 0;
+#if RF_SAMPLING_AVX512
+    if (avx512) {
+      for (; i + 8 <= n; i += 8) feistel8(perm, start + b + i, e + i);
+    }
+#endif
+    for (; i < n; ++i) e[i] = static_cast<std::int64_t>(perm(static_cast<std::uint64_t>(start + b + i)));
+  }
+};
+
+// A loader's batch in one parallel region: blocks of consecutive positions, each gathered (users,
+// items) and then sampled by the same thread while its users are in cache.
+template <typename I, typename Order>
+std::int64_t triples_impl(const offset_t* indptr, const I* indices, std::int64_t n_items, const std::int64_t* row_of,
+                          const Order& order, std::int64_t batch, std::int64_t K, std::uint64_t seed,
+                          std::int64_t row_offset, bool replace, const double* cum, const double* G,
+                          const std::int64_t* guide, std::int64_t* users_out, std::int64_t* items_out,
+                          std::int64_t* out, int num_threads) {
+  std::atomic<std::int64_t> first_bad{batch};
+  std::vector<std::int64_t> own_guide;
+  const Plan<I> p = make_plan<I>(indptr, indices, n_items, users_out, batch, K, seed, row_offset, replace, cum, G,
+                                 guide, out, &first_bad, own_guide);
+  constexpr std::int64_t block = 2048, group = 64;
+  const std::int64_t n_blocks = (batch + block - 1) / block;
+#pragma omp parallel for schedule(static) num_threads(resolve_threads(num_threads))
+  for (std::int64_t c = 0; c < n_blocks; ++c) {
+    const std::int64_t b0 = c * block;
+    const std::int64_t b1 = b0 + block < batch ? b0 + block : batch;
+    // The entries come in random order: compute (and prefetch) a group of them before gathering,
+    // so that the gathers' cache misses overlap.
+    for (std::int64_t g = b0; g < b1; g += group) {
+      const std::int64_t n = g + group < b1 ? group : b1 - g;
+      std::int64_t e[group];
+      order.fill(g, n, e);
+      for (std::int64_t i = 0; i < n; ++i) {
+        __builtin_prefetch(row_of + e[i]);
+        __builtin_prefetch(indices + e[i]);
+      }
+      for (std::int64_t i = 0; i < n; ++i) {
+        users_out[g + i] = row_of[e[i]];
+        items_out[g + i] = static_cast<std::int64_t>(indices[e[i]]);
+      }
+    }
+    if (K > 0) p.range(b0, b1);
+  }
+  const std::int64_t bad = first_bad.load();
+  return bad == batch ? -1 : bad;
+}
+
+}  // namespace
+
 template <typename I>
-std::int64_t sample_triples(const offset_t* indptr, const I* indices, std::int64_t n_users, std::int64_t n_items,
+std::int64_t sample_triples(const offset_t* indptr, const I* indices, std::int64_t /*n_users*/, std::int64_t n_items,
                             const std::int64_t* row_of, const std::int64_t* order, std::int64_t batch,
                             std::int64_t num_negatives, std::uint64_t seed, std::int64_t row_offset, bool replace,
                             const double* cum, const double* G, std::int64_t* users_out, std::int64_t* items_out,
-                            std::int64_t* out, int num_threads) {
-  // The interactions are picked in random order: prefetch the row ids and items a few steps ahead
-  // so that the two gathers' cache misses overlap.
-  constexpr std::int64_t ahead = 16;
-#pragma omp parallel for schedule(static) num_threads(resolve_threads(num_threads))
-  for (std::int64_t b = 0; b < batch; ++b) {
-    if (b + ahead < batch) {
-      __builtin_prefetch(row_of + order[b + ahead]);
-      __builtin_prefetch(indices + order[b + ahead]);
-    }
-    const std::int64_t e = order[b];
-    users_out[b] = row_of[e];
-    items_out[b] = static_cast<std::int64_t>(indices[e]);
-  }
-  if (num_negatives == 0) return -1;
-  return sample_negatives<I>(indptr, indices, n_users, n_items, users_out, batch, num_negatives, seed, row_offset,
-                             replace, cum, G, out, num_threads);
+                            std::int64_t* out, int num_threads, const std::int64_t* guide) {
+  const ArrayOrder ord{order};
+  return triples_impl<I>(indptr, indices, n_items, row_of, ord, batch, num_negatives, seed, row_offset, replace, cum,
+                         G, guide, users_out, items_out, out, num_threads);
 }
 
-template std::int64_t sample_triples<std::int32_t>(const offset_t*, const std::int32_t*, std::int64_t, std::int64_t,
-                                                   const std::int64_t*, const std::int64_t*, std::int64_t,
-                                                   std::int64_t, std::uint64_t, std::int64_t, bool, const double*,
-                                                   const double*, std::int64_t*, std::int64_t*, std::int64_t*, int);
-template std::int64_t sample_triples<std::int64_t>(const offset_t*, const std::int64_t*, std::int64_t, std::int64_t,
-                                                   const std::int64_t*, const std::int64_t*, std::int64_t,
-                                                   std::int64_t, std::uint64_t, std::int64_t, bool, const double*,
-                                                   const double*, std::int64_t*, std::int64_t*, std::int64_t*, int);
-template std::int64_t sample_negatives<std::int32_t>(const offset_t*, const std::int32_t*, std::int64_t, std::int64_t,
-                                                     const std::int64_t*, std::int64_t, std::int64_t, std::uint64_t,
-                                                     std::int64_t, bool, const double*, const double*, std::int64_t*,
-                                                     int);
-template std::int64_t sample_negatives<std::int64_t>(const offset_t*, const std::int64_t*, std::int64_t, std::int64_t,
-                                                     const std::int64_t*, std::int64_t, std::int64_t, std::uint64_t,
-                                                     std::int64_t, bool, const double*, const double*, std::int64_t*,
-                                                     int);
+template <typename I>
+std::int64_t sample_epoch_triples(const offset_t* indptr, const I* indices, std::int64_t /*n_users*/,
+                                  std::int64_t n_items, const std::int64_t* row_of, std::int64_t nnz, bool shuffle,
+                                  std::uint64_t order_seed, std::int64_t start, std::int64_t batch,
+                                  std::int64_t num_negatives, std::uint64_t seed, bool replace, const double* cum,
+                                  const double* G, const std::int64_t* guide, std::int64_t* users_out,
+                                  std::int64_t* items_out, std::int64_t* out, int num_threads) {
+  if (!shuffle) {
+    const IdentityOrder ord{start};
+    return triples_impl<I>(indptr, indices, n_items, row_of, ord, batch, num_negatives, seed, start, replace, cum, G,
+                           guide, users_out, items_out, out, num_threads);
+  }
+  const FeistelOrder ord{FeistelPermutation(static_cast<std::uint64_t>(nnz), order_seed), start,
+                         isa_setting().load() != RF_ISA_SCALAR && cpu_has_avx512()};
+  return triples_impl<I>(indptr, indices, n_items, row_of, ord, batch, num_negatives, seed, start, replace, cum, G,
+                         guide, users_out, items_out, out, num_threads);
+}
+
+#define RF_INSTANTIATE(I)                                                                                              \
+  template std::int64_t sample_negatives<I>(const offset_t*, const I*, std::int64_t, std::int64_t,                     \
+                                            const std::int64_t*, std::int64_t, std::int64_t, std::uint64_t,            \
+                                            std::int64_t, bool, const double*, const double*, std::int64_t*, int,      \
+                                            const std::int64_t*);                                                      \
+  template std::int64_t sample_triples<I>(const offset_t*, const I*, std::int64_t, std::int64_t, const std::int64_t*, \
+                                          const std::int64_t*, std::int64_t, std::int64_t, std::uint64_t,              \
+                                          std::int64_t, bool, const double*, const double*, std::int64_t*,             \
+                                          std::int64_t*, std::int64_t*, int, const std::int64_t*);                     \
+  template std::int64_t sample_epoch_triples<I>(const offset_t*, const I*, std::int64_t, std::int64_t,                 \
+                                                const std::int64_t*, std::int64_t, bool, std::uint64_t, std::int64_t,  \
+                                                std::int64_t, std::int64_t, std::uint64_t, bool, const double*,        \
+                                                const double*, const std::int64_t*, std::int64_t*, std::int64_t*,      \
+                                                std::int64_t*, int);
+RF_INSTANTIATE(std::int32_t)
+RF_INSTANTIATE(std::int64_t)
+#undef RF_INSTANTIATE
 
 }  // namespace recfast::cpu

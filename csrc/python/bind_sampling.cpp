@@ -10,13 +10,23 @@ using rp::carray;
 
 namespace {
 
+void check_guide(const std::optional<carray<std::int64_t>>& guide, bool weighted, std::int64_t n_items,
+                 const char* op) {
+  if (!guide) return;
+  rp::require(weighted, std::string(op) + ": guide needs cum and G");
+  rp::require(n_items > 1, std::string(op) + ": guide needs n_items > 1");
+  rp::require_size(*guide, n_items + 1, op, "guide");
+}
+
 template <typename I>
 std::int64_t sample(const carray<std::int64_t>& indptr, const carray<I>& indices, std::int64_t n_items,
                     const carray<std::int64_t>& users, std::int64_t num_negatives, std::uint64_t seed,
                     std::int64_t row_offset, bool replace, const std::optional<carray<double>>& cum,
-                    const std::optional<carray<double>>& G, carray<std::int64_t>& out, int num_threads) {
+                    const std::optional<carray<double>>& G, carray<std::int64_t>& out, int num_threads,
+                    const std::optional<carray<std::int64_t>>& guide) {
   const std::int64_t n_users = indptr.size() - 1;
   const std::int64_t batch = users.size();
+  check_guide(guide, cum.has_value(), n_items, "sample_negatives");
   rp::require(cum.has_value() == G.has_value(), "sample_negatives: cum and G must be given together");
   if (cum) rp::require_size(*cum, n_items + 1, "sample_negatives", "cum");
   if (G) rp::require_size(*G, indices.size() + 1, "sample_negatives", "G");
@@ -24,7 +34,8 @@ std::int64_t sample(const carray<std::int64_t>& indptr, const carray<I>& indices
   py::gil_scoped_release release;
   return recfast::cpu::sample_negatives<I>(indptr.data(), indices.data(), n_users, n_items, users.data(), batch,
                                            num_negatives, seed, row_offset, replace, cum ? cum->data() : nullptr,
-                                           G ? G->data() : nullptr, out.mutable_data(), num_threads);
+                                           G ? G->data() : nullptr, out.mutable_data(), num_threads,
+                                           guide ? guide->data() : nullptr);
 }
 
 template <typename I>
@@ -33,9 +44,10 @@ std::int64_t triples(const carray<std::int64_t>& indptr, const carray<I>& indice
                      std::uint64_t seed, std::int64_t row_offset, bool replace,
                      const std::optional<carray<double>>& cum, const std::optional<carray<double>>& G,
                      carray<std::int64_t>& users_out, carray<std::int64_t>& items_out, carray<std::int64_t>& out,
-                     int num_threads) {
+                     int num_threads, const std::optional<carray<std::int64_t>>& guide) {
   const std::int64_t n_users = indptr.size() - 1;
   const std::int64_t batch = order.size();
+  check_guide(guide, cum.has_value(), n_items, "sample_triples");
   rp::require(cum.has_value() == G.has_value(), "sample_triples: cum and G must be given together");
   if (cum) rp::require_size(*cum, n_items + 1, "sample_triples", "cum");
   if (G) rp::require_size(*G, indices.size() + 1, "sample_triples", "G");
@@ -47,7 +59,35 @@ std::int64_t triples(const carray<std::int64_t>& indptr, const carray<I>& indice
   return recfast::cpu::sample_triples<I>(indptr.data(), indices.data(), n_users, n_items, row_of.data(), order.data(),
                                          batch, num_negatives, seed, row_offset, replace, cum ? cum->data() : nullptr,
                                          G ? G->data() : nullptr, users_out.mutable_data(), items_out.mutable_data(),
-                                         out.mutable_data(), num_threads);
+                                         out.mutable_data(), num_threads, guide ? guide->data() : nullptr);
+}
+
+template <typename I>
+std::int64_t epoch_triples(const carray<std::int64_t>& indptr, const carray<I>& indices, std::int64_t n_items,
+                           const carray<std::int64_t>& row_of, bool shuffle, std::uint64_t order_seed,
+                           std::int64_t start, std::int64_t num_negatives, std::uint64_t seed, bool replace,
+                           const std::optional<carray<double>>& cum, const std::optional<carray<double>>& G,
+                           const std::optional<carray<std::int64_t>>& guide, carray<std::int64_t>& users_out,
+                           carray<std::int64_t>& items_out, carray<std::int64_t>& out, int num_threads) {
+  const std::int64_t n_users = indptr.size() - 1;
+  const std::int64_t nnz = indices.size();
+  const std::int64_t batch = users_out.size();
+  rp::require(cum.has_value() == G.has_value(), "sample_epoch_triples: cum and G must be given together");
+  if (cum) rp::require_size(*cum, n_items + 1, "sample_epoch_triples", "cum");
+  if (G) rp::require_size(*G, nnz + 1, "sample_epoch_triples", "G");
+  check_guide(guide, cum.has_value(), n_items, "sample_epoch_triples");
+  rp::require_size(row_of, nnz, "sample_epoch_triples", "row_of");
+  rp::require(start >= 0 && start <= nnz - batch, "sample_epoch_triples: need 0 <= start and start + len(users_out) "
+                                                  "<= nnz, got start=" + std::to_string(start) + ", batch=" +
+                                                  std::to_string(batch) + ", nnz=" + std::to_string(nnz));
+  rp::require_size(items_out, batch, "sample_epoch_triples", "items_out");
+  rp::require_size(out, batch * num_negatives, "sample_epoch_triples", "out");
+  py::gil_scoped_release release;
+  return recfast::cpu::sample_epoch_triples<I>(indptr.data(), indices.data(), n_users, n_items, row_of.data(), nnz,
+                                               shuffle, order_seed, start, batch, num_negatives, seed, replace,
+                                               cum ? cum->data() : nullptr, G ? G->data() : nullptr,
+                                               guide ? guide->data() : nullptr, users_out.mutable_data(),
+                                               items_out.mutable_data(), out.mutable_data(), num_threads);
 }
 
 template <typename I>
@@ -56,14 +96,24 @@ void bind_typed(py::module_& m) {
         py::arg("n_items"), py::arg("row_of").noconvert(), py::arg("order").noconvert(), py::arg("num_negatives"),
         py::arg("seed"), py::arg("row_offset"), py::arg("replace"), py::arg("cum").noconvert().none(true),
         py::arg("G").noconvert().none(true), py::arg("users_out").noconvert(), py::arg("items_out").noconvert(),
-        py::arg("out").noconvert(), py::arg("num_threads"),
+        py::arg("out").noconvert(), py::arg("num_threads"), py::arg("guide").noconvert().none(true) = py::none(),
         "A loader batch in one call: users_out[b] = row_of[order[b]], items_out[b] = indices[order[b]] and their "
         "negatives in out, as sample_negatives draws them; returns -1 or the first bad batch position. Callers "
         "validate order and row_of first.");
+  m.def("sample_epoch_triples", &epoch_triples<I>, py::arg("indptr").noconvert(), py::arg("indices").noconvert(),
+        py::arg("n_items"), py::arg("row_of").noconvert(), py::arg("shuffle"), py::arg("order_seed"),
+        py::arg("start"), py::arg("num_negatives"), py::arg("seed"), py::arg("replace"),
+        py::arg("cum").noconvert().none(true), py::arg("G").noconvert().none(true),
+        py::arg("guide").noconvert().none(true), py::arg("users_out").noconvert(), py::arg("items_out").noconvert(),
+        py::arg("out").noconvert(), py::arg("num_threads"),
+        "Positions [start, start + len(users_out)) of an epoch: entry e = p (shuffle false) or the Feistel "
+        "permutation (bpr_epoch_order(nnz, order_seed, ...)) of p, users_out = row_of[e], items_out = indices[e] "
+        "and negatives drawn with row_offset = p; returns -1 or the first bad batch position.");
   m.def("sample_negatives", &sample<I>, py::arg("indptr").noconvert(), py::arg("indices").noconvert(),
         py::arg("n_items"), py::arg("users").noconvert(), py::arg("num_negatives"), py::arg("seed"),
         py::arg("row_offset"), py::arg("replace"), py::arg("cum").noconvert().none(true),
         py::arg("G").noconvert().none(true), py::arg("out").noconvert(), py::arg("num_threads"),
+        py::arg("guide").noconvert().none(true) = py::none(),
         "Writes negatives into out (flattened (batch, K)); returns -1, or the batch position of the first "
         "user without enough candidates. Callers validate ids first.");
 }
@@ -73,6 +123,18 @@ void bind_typed(py::module_& m) {
 void bind_sampling(py::module_& m) {
   bind_typed<std::int32_t>(m);
   bind_typed<std::int64_t>(m);
+  m.def(
+      "sampling_cdf_guide",
+      [](const carray<double>& cum, carray<std::int64_t>& guide) {
+        const std::int64_t n_items = cum.size() - 1;
+        rp::require(n_items > 1, "sampling_cdf_guide: cum needs at least 3 entries");
+        rp::require(cum.data()[n_items] > 0.0, "sampling_cdf_guide: the total weight must be positive");
+        rp::require_size(guide, n_items + 1, "sampling_cdf_guide", "guide");
+        py::gil_scoped_release release;
+        recfast::cpu::build_cdf_guide(cum.data(), n_items, guide.mutable_data());
+      },
+      py::arg("cum").noconvert(), py::arg("guide").noconvert(),
+      "Fills guide (n_items + 1) with the bucket table over the CDF cum that weighted sampling searches first.");
   m.def("sampling_isa", [] { return std::string(recfast::cpu::sampling_isa()); },
         "The uniform sampler's instruction-set setting: auto, scalar or avx512.");
   m.def(

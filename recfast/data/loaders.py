@@ -1,9 +1,11 @@
 """Training loaders: plain Python iterables of tensors, usable from any training loop.
 
 Each epoch is a seeded permutation of the training interactions (a function of ``seed`` and the
-epoch number), and negatives come from one ``ops.sample_negatives`` call per batch whose stream
-positions are the batch's global positions in the epoch: an epoch's batches are the same whether
-it runs whole, resumes from a checkpoint, or is split across ranks.
+epoch number: the Feistel permutation that ``ops.bpr_sgd_epoch`` uses, computed on the fly by the
+CPU kernel, so no shuffled index array is built), and negatives come from one
+``ops.sample_negatives`` call per batch whose stream positions are the batch's global positions
+in the epoch: an epoch's batches are the same whether it runs whole, resumes from a checkpoint, or
+is split across ranks.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from typing import Any, Iterator
 import torch
 
 from ..csr import CSR
-from ..ops.sampling import _sample_triples, sample_negatives
+from .. import _C
+from ..ops.sampling import _sample_epoch_triples, sample_negatives
 
 __all__ = ["PairwiseLoader", "PointwiseLoader"]
 
@@ -41,7 +44,7 @@ class _InteractionLoader:
         self.device = torch.device(device)
         # Everything an epoch touches lives on the loader's device: the CSR the negatives come
         # from and the interactions' users and items; only the seeded permutation is made on the
-        # CPU (so the order is the same on every device) and moved once per epoch.
+        # CPU (so the order is the same on every device) and moved batch by batch.
         self.csr = csr.to(self.device)
         self.batch_size = batch_size
         self.num_negatives = num_negatives
@@ -76,19 +79,28 @@ class _InteractionLoader:
         self.epoch = int(state["epoch"])
         self.seed = int(state.get("seed", self.seed))
 
-    def _order(self) -> torch.Tensor:
-        n = self._users.numel()
-        if not self.shuffle:
-            return torch.arange(n, device=self.device)
-        g = torch.Generator().manual_seed(_epoch_seed(self.seed, self.epoch, 0))
-        return torch.randperm(n, generator=g).to(self.device)
+    def _order_seed(self) -> int:
+        return _epoch_seed(self.seed, self.epoch, 0)
 
-    def _batches(self) -> Iterator[tuple[int, torch.Tensor]]:
-        order = self._order()[self._lo:self._lo + self._share]
-        n = order.numel()
+    def _order_slice(self, start: int, stop: int) -> torch.Tensor:
+        """Entries at epoch positions [start, stop): the identity, or the seeded Feistel permutation
+        of the nnz entries (``_C.bpr_epoch_order``, the order ``bpr_sgd_epoch`` uses) that the CPU
+        kernel computes on the fly; made on the CPU, so the order is the same on every device."""
+        if not self.shuffle:
+            return torch.arange(start, stop, device=self.device)
+        order = torch.from_numpy(_C.bpr_epoch_order(self._users.numel(), self._order_seed(), start, stop))
+        return order.to(self.device)
+
+    def _spans(self) -> Iterator[tuple[int, int]]:
+        """(position, length) of this rank's batches in the epoch."""
+        n = self._share
         stop = n - n % self.batch_size if self.drop_last else n
         for start in range(0, stop, self.batch_size):
-            yield self._lo + start, order[start:start + self.batch_size]
+            yield self._lo + start, min(self.batch_size, n - start)
+
+    def _batches(self) -> Iterator[tuple[int, torch.Tensor]]:
+        for position, length in self._spans():
+            yield position, self._order_slice(position, position + length)
 
     def negative_seed(self) -> int:
         """The seed of this epoch's negatives: ``sample_negatives(csr, users, k, seed=negative_seed(),
@@ -106,13 +118,15 @@ class _InteractionLoader:
         return sample_negatives(self.csr, users, k, seed=self.negative_seed(), weights=self.weights,
                                 row_offset=position)
 
-    def _triples(self, idx: torch.Tensor, position: int, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(users, items, negatives (B, K)) of the interactions ``idx`` at epoch ``position``."""
+    def _triples(self, position: int, length: int, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(users, items, negatives (B, K)) of the batch at epoch ``position``."""
         if self.device.type == "cpu":
-            # One kernel call gathers the users and items and draws the negatives (the same draws
-            # as the generic path below).
-            return _sample_triples(self.csr, self._users, idx.contiguous(), k, seed=self.negative_seed(),
-                                   weights=self.weights, row_offset=position, check_order=False)
+            # One kernel call computes the batch's entries of the epoch order, gathers their users
+            # and items and draws the negatives (the same as the generic path below), with no
+            # shuffled index array.
+            return _sample_epoch_triples(self.csr, self._users, self.shuffle, self._order_seed(), position, length, k,
+                                         seed=self.negative_seed(), weights=self.weights)
+        idx = self._order_slice(position, position + length)
         users = self._users[idx]
         neg = (self._negatives(users, position, k) if k
                else torch.empty(users.numel(), 0, dtype=torch.int64, device=self.device))
@@ -157,8 +171,8 @@ class PairwiseLoader(_InteractionLoader):
             raise ValueError(f"PairwiseLoader: num_negatives must be >= 1, got {num_negatives}")
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        for position, idx in self._batches():
-            users, pos, neg = self._triples(idx, position, self.num_negatives)
+        for position, length in self._spans():
+            users, pos, neg = self._triples(position, length, self.num_negatives)
             if self.num_negatives == 1:
                 neg = neg.squeeze(1)
             yield users, pos, neg
@@ -189,8 +203,8 @@ class PointwiseLoader(_InteractionLoader):
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         k = self.num_negatives
-        for position, idx in self._batches():
-            users, pos, neg = self._triples(idx, position, k)
+        for position, length in self._spans():
+            users, pos, neg = self._triples(position, length, k)
             b = users.numel()
             all_users = torch.cat([users, users.repeat_interleave(k)])
             all_items = torch.cat([pos, neg.reshape(-1)])

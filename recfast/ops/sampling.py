@@ -121,10 +121,11 @@ def sample_negatives(
     host_out = out if on_cpu else torch.empty_like(out, device="cpu")
     cum_h = None if cum is None else cum.cpu()
     G_h = None if G is None else G.cpu()
+    guide = _cdf_guide(csr, weights, users64.numel() * k) if on_cpu and weights is not None and replace else None
     b = _C.sample_negatives(np_view(c.indptr), np_view(c.indices), n_items, np_view(users64.cpu()), k, seed,
                             int(row_offset), bool(replace), None if cum_h is None else np_view(cum_h),
                             None if G_h is None else np_view(G_h), np_view(host_out).reshape(-1),
-                            nt)
+                            nt, None if guide is None else np_view(guide))
     if b >= 0:
         _raise_no_negatives(csr, users64, b, k, replace, weights)
     return out if on_cpu else host_out.to(csr.device)
@@ -163,9 +164,10 @@ def _sample_triples(
         check_range(op, "order", order, csr.nnz)
     n_items = csr.n_cols
     k = int(num_negatives)
-    cum = G = None
+    cum = G = guide = None
     if weights is not None:
         cum, G = _weighted_prefix(csr, weights)
+        guide = _cdf_guide(csr, weights, order.numel() * k)
     n = order.numel()
     users = torch.empty(n, dtype=torch.int64)
     items = torch.empty(n, dtype=torch.int64)
@@ -175,7 +177,7 @@ def _sample_triples(
     b = _C.sample_triples(np_view(csr.indptr), np_view(csr.indices), n_items, np_view(row_of), np_view(order), k,
                           int(seed) & _MASK64, int(row_offset), True, None if cum is None else np_view(cum),
                           None if G is None else np_view(G), np_view(users), np_view(items), np_view(out).reshape(-1),
-                          int(num_threads or 0))
+                          int(num_threads or 0), None if guide is None else np_view(guide))
     if b >= 0:
         _raise_no_negatives(csr, users, b, k, True, weights)
     return users, items, out
@@ -183,12 +185,17 @@ def _sample_triples(
 
 def _weighted_prefix(csr: CSR, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """cum (n_items + 1) and G (nnz + 1) in float64, cached per CSR and weights version."""
+    entry = _weighted_entry(csr, weights)
+    return entry[2], entry[3]
+
+
+def _weighted_entry(csr: CSR, weights: torch.Tensor) -> list:
     # Identity, not address: a freed weights tensor's memory can be reused by a new tensor with the
     # same data_ptr and _version, so the entry holds a weak reference to the tensor it was built
     # from and only that very tensor, unchanged since (same _version), hits.
     hit = _WEIGHT_CACHE.get(csr)
     if hit is not None and hit[0]() is weights and hit[1] == weights._version:
-        return hit[2], hit[3]
+        return hit
     version = weights._version
     w = weights.detach().to(torch.float64)
     if not bool(torch.isfinite(w).all()):
@@ -198,8 +205,64 @@ def _weighted_prefix(csr: CSR, weights: torch.Tensor) -> tuple[torch.Tensor, tor
     zero = torch.zeros(1, dtype=torch.float64, device=w.device)
     cum = torch.cat([zero, torch.cumsum(w, 0)])
     G = torch.cat([zero, torch.cumsum(w[csr.indices.to(torch.int64)], 0)])
-    _WEIGHT_CACHE[csr] = (weakref.ref(weights), version, cum, G)
-    return cum, G
+    entry = [weakref.ref(weights), version, cum, G, None]  # the CPU guide table, built on demand
+    _WEIGHT_CACHE[csr] = entry
+    return entry
+
+
+def _cdf_guide(csr: CSR, weights: torch.Tensor, draws: int) -> torch.Tensor | None:
+    """The CPU kernel's guide table over the cached CDF, cached with it; built once the draws of a
+    call (batch * K) repay its O(n_items) cost, as the kernel would build it itself, and passed
+    to every later call with the same weights (the output is the same with or without it)."""
+    entry = _weighted_entry(csr, weights)
+    if entry[4] is not None:
+        return entry[4]
+    cum = entry[2]
+    n_items = cum.numel() - 1
+    if cum.device.type != "cpu" or n_items <= 1 or draws < n_items // 4 + 64 or not float(cum[-1]) > 0.0:
+        return None
+    guide = torch.empty(n_items + 1, dtype=torch.int64)
+    _C.sampling_cdf_guide(np_view(cum), np_view(guide))
+    entry[4] = guide
+    return guide
+
+
+def _sample_epoch_triples(
+    csr: CSR,
+    row_of: torch.Tensor,
+    shuffle: bool,
+    order_seed: int,
+    start: int,
+    length: int,
+    num_negatives: int,
+    *,
+    seed: int,
+    weights: torch.Tensor | None = None,
+    num_threads: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A loader's batch in one CPU kernel call, without an order array: epoch positions
+    ``[start, start + length)`` take the entries ``order = arange`` (no shuffle) or
+    ``_C.bpr_epoch_order(nnz, order_seed, start, start + length)``, and give
+    ``_sample_triples(csr, row_of, order, num_negatives, seed=seed, weights=weights,
+    row_offset=start)``. The loaders validate their arguments; ``row_of`` is int64 (nnz)."""
+    k = int(num_negatives)
+    cum = G = guide = None
+    if weights is not None:
+        cum, G = _weighted_prefix(csr, weights)
+        guide = _cdf_guide(csr, weights, length * k)
+    users = torch.empty(length, dtype=torch.int64)
+    items = torch.empty(length, dtype=torch.int64)
+    out = torch.empty(length, k, dtype=torch.int64)
+    if length == 0:
+        return users, items, out
+    b = _C.sample_epoch_triples(np_view(csr.indptr), np_view(csr.indices), csr.n_cols, np_view(row_of), bool(shuffle),
+                                int(order_seed) & _MASK64, int(start), k, int(seed) & _MASK64, True,
+                                None if cum is None else np_view(cum), None if G is None else np_view(G),
+                                None if guide is None else np_view(guide), np_view(users), np_view(items),
+                                np_view(out).reshape(-1), int(num_threads or 0))
+    if b >= 0:
+        _raise_no_negatives(csr, users, b, k, True, weights)
+    return users, items, out
 
 
 def _raise_no_negatives(csr: CSR, users: torch.Tensor, b: int, k: int, replace: bool,

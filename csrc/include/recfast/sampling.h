@@ -184,7 +184,15 @@ template <typename I>
 std::int64_t sample_negatives(const offset_t* indptr, const I* indices, std::int64_t n_users, std::int64_t n_items,
                               const std::int64_t* users, std::int64_t batch, std::int64_t num_negatives,
                               std::uint64_t seed, std::int64_t row_offset, bool replace, const double* cum,
-                              const double* G, std::int64_t* out, int num_threads);
+                              const double* G, std::int64_t* out, int num_threads,
+                              const std::int64_t* guide = nullptr);
+
+// guide[j] = #{x : cum[x + 1] <= j * cum[n_items] / n_items} for j = 0..n_items (n_items + 1
+// entries; needs n_items > 1 and cum[n_items] > 0): the bucket table that weighted sampling with
+// replacement searches first. Callers that sample many batches with the same weights build it once
+// and pass it as `guide`; without it, a call builds its own when the batch is large enough. The
+// output is the same with or without a guide.
+void build_cdf_guide(const double* cum, std::int64_t n_items, std::int64_t* guide);
 
 // A loader's batch in one call: interaction e = order[b] (an index into indices) gives
 // users_out[b] = row_of[e] (the row holding e), items_out[b] = indices[e], and out[b * K ..] its
@@ -194,7 +202,20 @@ std::int64_t sample_triples(const offset_t* indptr, const I* indices, std::int64
                             const std::int64_t* row_of, const std::int64_t* order, std::int64_t batch,
                             std::int64_t num_negatives, std::uint64_t seed, std::int64_t row_offset, bool replace,
                             const double* cum, const double* G, std::int64_t* users_out, std::int64_t* items_out,
-                            std::int64_t* out, int num_threads);
+                            std::int64_t* out, int num_threads, const std::int64_t* guide = nullptr);
+
+// sample_triples for positions [start, start + batch) of an epoch over the nnz stored entries,
+// without an order array: position p takes entry p (shuffle == false) or
+// FeistelPermutation(nnz, order_seed)(p) (recfast/bpr.h: the seeded bijection bpr_sgd_epoch and
+// _C.bpr_epoch_order use, computed on the fly), and its negatives are drawn with row_offset = p.
+// Gathering and sampling run in one parallel region, block by block.
+template <typename I>
+std::int64_t sample_epoch_triples(const offset_t* indptr, const I* indices, std::int64_t n_users,
+                                  std::int64_t n_items, const std::int64_t* row_of, std::int64_t nnz, bool shuffle,
+                                  std::uint64_t order_seed, std::int64_t start, std::int64_t batch,
+                                  std::int64_t num_negatives, std::uint64_t seed, bool replace, const double* cum,
+                                  const double* G, const std::int64_t* guide, std::int64_t* users_out,
+                                  std::int64_t* items_out, std::int64_t* out, int num_threads);
 
 // The uniform kernel's instruction set, for tests and benchmarks: "auto" (AVX-512 where the CPU
 // has avx512f and avx512dq and n_items < 2^32, else scalar), "scalar" or "avx512" (falls back to
