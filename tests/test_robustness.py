@@ -992,8 +992,10 @@ def test_topk_and_evaluator_never_hold_users_x_items() -> None:
     n = 4_000
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in [os.path.dirname(os.path.dirname(recfast.__file__)),
                                                                    os.environ.get("PYTHONPATH", "")] if p))
+    # cwd: `python -c` puts the working folder first on sys.path, and from the repository root that
+    # is the source package without its compiled module
     res = subprocess.run([sys.executable, "-c", _PEAK_SCRIPT, str(n), str(n)], capture_output=True, text=True,
-                         env=env, timeout=300)
+                         env=env, timeout=300, cwd=os.path.dirname(os.path.abspath(__file__)))
     assert res.returncode == 0, res.stderr
     peak = int(res.stdout.strip().splitlines()[-1])
     assert peak < n * n * 4 // 4, f"peak RSS rose {peak / 2**20:.0f} MiB for {n} x {n}"
@@ -1092,7 +1094,7 @@ def test_cuda_failures_surface_as_exceptions(what) -> None:
     Python exceptions, though their messages are torch's."""
     env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(recfast.__file__)))
     res = subprocess.run([sys.executable, "-c", _CUDA_FAULT_SCRIPT, what], capture_output=True, text=True,
-                         timeout=120, env=env)
+                         timeout=120, env=env, cwd=os.path.dirname(os.path.abspath(__file__)))
     assert res.returncode == 0, res.stderr
     assert "RAISED" in res.stdout and "ALIVE" in res.stdout, (res.stdout, res.stderr)
 
