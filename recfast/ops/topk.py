@@ -140,6 +140,8 @@ def topk_scores(
 
 
 def _alloc(n_rows: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    if n_rows * k * 12 > 1 << 40:  # past any machine's memory (and ASan's allocator limit): don't try
+        raise ValueError(f"topk: k = {k} needs a ({n_rows}, {k}) output of {n_rows * k * 12 / 2**40:.0f} TiB")
     try:
         top_s = torch.full((n_rows, k), float("-inf"), dtype=torch.float32)
         top_i = torch.full((n_rows, k), -1, dtype=torch.int64)
