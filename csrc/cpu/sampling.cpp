@@ -194,6 +194,22 @@ RF_AVX512 inline __m512i splitmix64_v(__m512i x) {
   return _mm512_xor_si512(x, _mm512_srli_epi64(x, 31));
 }
 
+// rng_key(hseed-derived seed, stream) for the 8 consecutive streams first, first + 1, ..., first + 7;
+// hseed is splitmix64(seed), hoisted by the caller.
+RF_AVX512 inline __m512i rng_key_v(std::uint64_t hseed, std::int64_t first) {
+  const __m512i stream = _mm512_add_epi64(_mm512_set1_epi64(first), _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0));
+  const __m512i mixed = _mm512_add_epi64(
+      _mm512_mullo_epi64(stream, _mm512_set1_epi64(static_cast<long long>(0xD1B54A32D192ED03ull))),
+      _mm512_set1_epi64(static_cast<long long>(0x8CB92BA72F3D8DD7ull)));
+  return splitmix64_v(_mm512_xor_si512(_mm512_set1_epi64(static_cast<long long>(hseed)), mixed));
+}
+
+// rng_bits(key, counter) per lane.
+RF_AVX512 inline __m512i rng_bits_v(__m512i key, std::int64_t counter) {
+  const auto step = static_cast<long long>(static_cast<std::uint64_t>(counter) * 0x9E3779B97F4A7C15ull);
+  return splitmix64_v(_mm512_add_epi64(key, _mm512_set1_epi64(step)));
+}
+
 // (bits * n) >> 64 for n < 2^32: bits * n = hi * n * 2^32 + lo * n, and hi * n + (lo * n >> 32)
 // stays below 2^64.
 RF_AVX512 inline __m512i mulhi_u32bound_v(__m512i bits, __m512i n) {
@@ -226,7 +242,6 @@ RF_AVX512 void uniform_lanes_avx512(const offset_t* indptr, const I* indices, st
   }
   const __m512i one = _mm512_set1_epi64(1);
   const __m512i zero = _mm512_setzero_si512();
-  const __m512i iota = _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0);
   __m512i start[V], deg[V], bound[V], key[V];
   for (int v = 0; v < V; ++v) {
     const __m512i u = _mm512_loadu_si512(users + b0 + 8 * v);
@@ -239,18 +254,12 @@ RF_AVX512 void uniform_lanes_avx512(const offset_t* indptr, const I* indices, st
         if (empty >> l & 1) record_failure(first_bad, b0 + 8 * v + l);
     }
     bound[v] = _mm512_mask_mov_epi64(m, empty, one);
-    // rng_key(seed, row_offset + b) = splitmix64(splitmix64(seed) ^ (stream * C1 + C2))
-    const __m512i stream = _mm512_add_epi64(_mm512_set1_epi64(row_offset + b0 + 8 * v), iota);
-    const __m512i mixed = _mm512_add_epi64(
-        _mm512_mullo_epi64(stream, _mm512_set1_epi64(static_cast<long long>(0xD1B54A32D192ED03ull))),
-        _mm512_set1_epi64(static_cast<long long>(0x8CB92BA72F3D8DD7ull)));
-    key[v] = splitmix64_v(_mm512_xor_si512(_mm512_set1_epi64(static_cast<long long>(hseed)), mixed));
+    key[v] = rng_key_v(hseed, row_offset + b0 + 8 * v);
   }
   for (std::int64_t k = 0; k < K; ++k) {
-    const __m512i step = _mm512_set1_epi64(static_cast<long long>(static_cast<std::uint64_t>(k) * 0x9E3779B97F4A7C15ull));
     __m512i r[V], lo[V], n[V];
     for (int v = 0; v < V; ++v) {
-      r[v] = mulhi_u32bound_v(splitmix64_v(_mm512_add_epi64(key[v], step)), bound[v]);
+      r[v] = mulhi_u32bound_v(rng_bits_v(key[v], k), bound[v]);
       lo[v] = zero;
       n[v] = deg[v];
     }
@@ -307,7 +316,6 @@ RF_AVX512 void weighted_lanes_avx512(const offset_t* indptr, const I* indices, s
   const __m512i one = _mm512_set1_epi64(1);
   const __m512i zero = _mm512_setzero_si512();
   const __m512d zerod = _mm512_setzero_pd();
-  const __m512i iota = _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0);
   __m512i start[V], deg[V], key[V];
   __m512d g0[V], mass[V];
   __mmask8 ok[V];
@@ -326,22 +334,17 @@ RF_AVX512 void weighted_lanes_avx512(const offset_t* indptr, const I* indices, s
       deg[v] = _mm512_maskz_mov_epi64(ok[v], deg[v]);  // the lane runs on an empty row; dropped
       mass[v] = _mm512_maskz_mov_pd(ok[v], mass[v]);
     }
-    const __m512i stream = _mm512_add_epi64(_mm512_set1_epi64(row_offset + b0 + 8 * v), iota);
-    const __m512i mixed = _mm512_add_epi64(
-        _mm512_mullo_epi64(stream, _mm512_set1_epi64(static_cast<long long>(0xD1B54A32D192ED03ull))),
-        _mm512_set1_epi64(static_cast<long long>(0x8CB92BA72F3D8DD7ull)));
-    key[v] = splitmix64_v(_mm512_xor_si512(_mm512_set1_epi64(static_cast<long long>(hseed)), mixed));
+    key[v] = rng_key_v(hseed, row_offset + b0 + 8 * v);
   }
   const __m512d unit = _mm512_set1_pd(1.0 / 9007199254740992.0);
   const __m512d one_d = _mm512_set1_pd(1.0);
   const __m512d last_d = _mm512_set1_pd(static_cast<double>(M - 1));
   const __m512i n_items_v = _mm512_set1_epi64(n_items);
   for (std::int64_t k = 0; k < K; ++k) {
-    const __m512i step = _mm512_set1_epi64(static_cast<long long>(static_cast<std::uint64_t>(k) * 0x9E3779B97F4A7C15ull));
     __m512d t[V], ta[V];
     __m512i lo[V], n[V], a[V], m[V];
     for (int v = 0; v < V; ++v) {
-      const __m512i bits = splitmix64_v(_mm512_add_epi64(key[v], step));
+      const __m512i bits = rng_bits_v(key[v], k);
       t[v] = _mm512_mul_pd(_mm512_mul_pd(_mm512_cvtepu64_pd(_mm512_srli_epi64(bits, 11)), unit), mass[v]);
       lo[v] = zero;
       n[v] = deg[v];
