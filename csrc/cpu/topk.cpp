@@ -87,17 +87,20 @@ void topk_merge(const float* scores, std::int64_t n_rows, std::int64_t ld, std::
   }
 }
 
+// A row's heap (worst at the root) into a row sorted best first: each pop moves the current worst
+// to the end.
+inline void heap_to_sorted(float* s, std::int64_t* id, std::int64_t k) {
+  for (std::int64_t n = k; n > 1; --n) {
+    std::swap(s[0], s[n - 1]);
+    std::swap(id[0], id[n - 1]);
+    sift_down(s, id, n - 1, 0);
+  }
+}
+
 void topk_finalize(float* top_scores, std::int64_t* top_ids, std::int64_t n_rows, std::int64_t k, int num_threads) {
 #pragma omp parallel for schedule(static) num_threads(resolve_threads(num_threads))
   for (std::int64_t r = 0; r < n_rows; ++r) {
-    float* s = top_scores + r * k;
-    std::int64_t* id = top_ids + r * k;
-    // Pop the heap: each pop moves the current worst to the end, leaving the row best first.
-    for (std::int64_t n = k; n > 1; --n) {
-      std::swap(s[0], s[n - 1]);
-      std::swap(id[0], id[n - 1]);
-      sift_down(s, id, n - 1, 0);
-    }
+    heap_to_sorted(top_scores + r * k, top_ids + r * k, k);
   }
 }
 
@@ -343,13 +346,7 @@ void topk_fused_impl(const float* queries, const float* keys, const float* key_b
       }
       // Heaps: sort each row best first (as topk_finalize); sorted rows already are.
       for (std::int64_t u = u0; u < u0 + nu && !Sorted; ++u) {
-        float* s = top_scores + u * k;
-        std::int64_t* id = top_ids + u * k;
-        for (std::int64_t n = k; n > 1; --n) {
-          std::swap(s[0], s[n - 1]);
-          std::swap(id[0], id[n - 1]);
-          sift_down(s, id, n - 1, 0);
-        }
+        heap_to_sorted(top_scores + u * k, top_ids + u * k, k);
       }
     }
   }
