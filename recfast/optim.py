@@ -20,7 +20,7 @@ from typing import Any, Iterable
 import torch
 
 from . import _C
-from ._backend import cuda_module, np_view, stream_of
+from ._backend import cuda_errors, cuda_module, np_view, stream_of
 
 __all__ = ["SparseSGD", "SparseAdagrad", "SparseAdam"]
 
@@ -49,15 +49,18 @@ class _RowSparseOptimizer(torch.optim.Optimizer):
                 if p.grad is None:
                     continue
                 if p.dtype not in (torch.float32, torch.float64):
-                    raise TypeError(f"{type(self).__name__}: parameters must be float32 or float64, got {p.dtype}")
-                state = self.state[p]
-                if not state:
-                    state["step"] = 0
-                    for name in self._states:
-                        state[name] = torch.zeros_like(p, memory_format=torch.contiguous_format)
-                state["step"] += 1
-                rows, values = _rows_and_values(p.grad, p)
-                self._apply(group, state, p, rows, values)
+                    raise TypeError(f"{type(self).__name__}: parameters must be float32 or float64, got "
+                                    f"{str(p.dtype).replace('torch.', '')} (for float16/bfloat16 tables keep float32 "
+                                    "parameters and cast them for the forward, or use a torch.optim optimizer)")
+                with cuda_errors(f"recfast.optim.{type(self).__name__}.step", p.device if p.is_cuda else None):
+                    state = self.state[p]
+                    if not state:  # all or nothing: an out-of-memory here leaves no half-made state
+                        fresh = {name: torch.zeros_like(p, memory_format=torch.contiguous_format)
+                                 for name in self._states}
+                        state.update(step=0, **fresh)
+                    state["step"] += 1
+                    rows, values = _rows_and_values(p.grad, p)
+                    self._apply(group, state, p, rows, values)
         return loss
 
     def _hyper(self, group: dict[str, Any], step: int) -> tuple[float, ...]:

@@ -25,7 +25,7 @@ void sparse_opt_step(SparseOpt kind, const SparseOptParams& h, T* param, T* stat
                      const std::int64_t* rows, const T* grad, std::int64_t m, CUstream_st* stream) {
   if (m == 0 || d == 0) return;
   sparse_opt_kernel<T><<<grid_for(m * d, 256), 256, 0, stream>>>(kind, h, param, state1, state2, d, rows, grad, m);
-  RF_CUDA_CHECK_LAUNCH("sparse optimizer step");
+  RF_CUDA_CHECK_LAUNCH(sparse_opt_kernel);
 }
 
 template void sparse_opt_step<float>(SparseOpt, const SparseOptParams&, float*, float*, float*, std::int64_t,
