@@ -55,13 +55,17 @@ def test_cpu_mixed_dtypes_rejected(dtype):
         bpr_loss(U.float(), V.float(), users, pos, neg, item_bias=bias)
 
 
-def test_sparse_optimizers_reject_half_params():
-    p = torch.nn.Parameter(torch.zeros(4, 2, dtype=torch.float16))
+@pytest.mark.parametrize("dtype", HALF)
+def test_sparse_optimizers_reject_half_params_on_cpu(dtype):
+    p = torch.nn.Parameter(torch.zeros(4, 2, dtype=dtype))
     p.grad = torch.zeros_like(p)
+    name = str(dtype).replace("torch.", "")
     for cls in (recfast.optim.SparseSGD, recfast.optim.SparseAdagrad, recfast.optim.SparseAdam):
-        with pytest.raises(TypeError, match=rf"{cls.__name__}: parameters must be float32 or float64, got float16 "
-                                            r"\(for float16/bfloat16 tables keep float32 parameters"):
+        with pytest.raises(TypeError, match=rf"{cls.__name__}: parameters must be float32 or float64 on CPU, got "
+                                            rf"{name} \(float16/bfloat16 parameters are accepted on CUDA only\)"):
             cls([p], lr=0.1).step()
+    assert recfast.optim._state_dtype(dtype) == torch.float32
+    assert recfast.optim._state_dtype(torch.float64) == torch.float64
 
 
 # ---------------------------------------------------------------------------------------------
@@ -184,10 +188,24 @@ def test_cuda_half_reduction_none_and_scores_of_80(dtype):
 
 
 @requires_cuda
-def test_cuda_half_sparse_optimizers_reject_half():
-    emb = torch.nn.Embedding(10, 4, sparse=True).to("cuda", torch.float16)
-    opt = recfast.optim.SparseAdam(emb.parameters(), lr=0.1)
-    bpr_loss(emb.weight, emb.weight, torch.tensor([0], device="cuda"), torch.tensor([1], device="cuda"),
-             torch.tensor([2], device="cuda"), sparse_grad=True).backward()
-    with pytest.raises(TypeError, match="SparseAdam: parameters must be float32 or float64, got float16"):
-        opt.step()
+@pytest.mark.parametrize("dtype", HALF)
+@pytest.mark.parametrize("name", ["SparseSGD", "SparseAdagrad", "SparseAdam"])
+def test_cuda_half_sparse_optimizers(dtype, name):
+    """Half parameters: float32 states, each step computed in float32 and rounded once. Against
+    the same optimizer on a float32 copy given the same (upcast) gradients, step by step."""
+    cls = getattr(recfast.optim, name)
+    U, V, _, users, pos, neg = _batch(dtype=dtype, device="cuda")
+    ph = torch.nn.Parameter(U.clone())
+    pf = torch.nn.Parameter(U.float())
+    oh, of = cls([ph], lr=0.01), cls([pf], lr=0.01)
+    for _ in range(3):
+        for p in (ph, pf):
+            p.grad = None
+        bpr_loss(ph, V, users, pos % U.shape[0], neg % U.shape[0], sparse_grad=True).backward()
+        pf.grad = ph.grad.float()
+        oh.step()
+        of.step()
+        assert ph.dtype == dtype and all(s.dtype == torch.float32 for s in oh.state[ph].values()
+                                         if isinstance(s, torch.Tensor))
+        torch.testing.assert_close(ph.detach().float(), pf.detach().to(dtype).float(), rtol=RTOL[dtype], atol=1e-4)
+        pf.data.copy_(ph.data.float())  # the next step starts from the same point

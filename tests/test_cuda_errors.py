@@ -267,7 +267,7 @@ def test_launch_check_names_the_kernel():
     with pytest.raises(RuntimeError, match=r"launch of sample_with_replacement_kernel: CUDA error"):
         mod.sample_negatives(0, 0, False, 5, 0, 1, 1, 0, 0, True, 0, 0, 0, 0, 0)
     with pytest.raises(RuntimeError, match=r"launch of sparse_opt_kernel: CUDA error"):
-        mod.sparse_opt_step(0, 0.1, 0.0, 0.9, 0.999, 1e-8, 1.0, 1.0, 0, 0, 0, 4, 0, 0, 1, False, 0)
+        mod.sparse_opt_step(0, 0.1, 0.0, 0.9, 0.999, 1e-8, 1.0, 1.0, 0, 0, 0, 4, 0, 0, 1, "float16", 0)
     with pytest.raises(RuntimeError, match=r"launch of topk_mask_kernel: CUDA error"):
         mod.topk_mask(0, 1, 4, 0, 0, 0, 0, False, 0)
 
@@ -278,7 +278,7 @@ def test_bpr_binding_dtypes():
     for dt in ("float32", "float64", "float16", "bfloat16"):  # B = 0 returns before launching
         mod.bpr_forward(0, 0, 0, 8, 0, 0, 0, 0, 1, 0.0, 0, 0, dt, 0)
         mod.bpr_backward(0, 0, 8, 0, 0, 0, 0, 1, 0, 0, 0.0, 0, 0, 0, 0, 0, 0, dt, 0)
-    with pytest.raises(ValueError, match="bpr_forward: tables must be float32, float64, float16 or bfloat16, got int8"):
+    with pytest.raises(ValueError, match="bpr_forward: tensors must be float32, float64, float16 or bfloat16, got int8"):
         mod.bpr_forward(0, 0, 0, 8, 0, 0, 0, 0, 1, 0.0, 0, 0, "int8", 0)
 
 

@@ -1,31 +1,10 @@
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-
 #include "check.cuh"
+#include "convert.cuh"
 #include "recfast/bpr.h"
 
 namespace recfast::cuda {
 
 namespace {
-
-// Loads in the accumulation type: half tables are read as float.
-__device__ __forceinline__ float ld(float v) { return v; }
-__device__ __forceinline__ double ld(double v) { return v; }
-__device__ __forceinline__ float ld(__half v) { return __half2float(v); }
-__device__ __forceinline__ float ld(__nv_bfloat16 v) { return __bfloat162float(v); }
-
-template <typename S>
-__device__ __forceinline__ S from_double(double v) {
-  return static_cast<S>(v);
-}
-template <>
-__device__ __forceinline__ __half from_double<__half>(double v) {
-  return __float2half_rn(static_cast<float>(v));
-}
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_double<__nv_bfloat16>(double v) {
-  return __float2bfloat16_rn(static_cast<float>(v));
-}
 
 template <typename A>
 __device__ __forceinline__ A warp_sum(A v) {
@@ -34,7 +13,7 @@ __device__ __forceinline__ A warp_sum(A v) {
   return v;
 }
 
-template <typename S, typename A = bpr_acc_t<S>>
+template <typename S, typename A = acc_t<S>>
 __device__ __forceinline__ A warp_dot(const S* a, const S* b, std::int64_t d, int lane) {
   A s = 0;
   for (std::int64_t t = lane; t < d; t += 32) s += ld(a[t]) * ld(b[t]);
@@ -45,14 +24,15 @@ __device__ __forceinline__ A warp_dot(const S* a, const S* b, std::int64_t d, in
 template <typename S>
 __global__ void bpr_forward_kernel(const S* U, const S* V, const S* bias, std::int64_t d, const std::int64_t* users,
                                    const std::int64_t* pos, const std::int64_t* neg, std::int64_t B, std::int64_t K,
-                                   double l2, S* loss, bpr_acc_t<S>* coef) {
-  using A = bpr_acc_t<S>;
+                                   double l2, S* loss, acc_t<S>* coef) {
+  using A = acc_t<S>;
   const int lane = threadIdx.x & 31;
   const std::int64_t warps = (static_cast<std::int64_t>(gridDim.x) * blockDim.x) >> 5;
   for (std::int64_t b = (static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) >> 5; b < B; b += warps) {
     const S* u = U + users[b] * d;
     const S* vi = V + pos[b] * d;
-    const double ui = static_cast<double>(warp_dot(u, vi, d, lane)) + (bias ? static_cast<double>(ld(bias[pos[b]])) : 0.0);
+    const double ui =
+        static_cast<double>(warp_dot(u, vi, d, lane)) + (bias ? static_cast<double>(ld(bias[pos[b]])) : 0.0);
     double total = 0.0, neg_sq = 0.0;
     for (std::int64_t k = 0; k < K; ++k) {
       const std::int64_t j = neg[b * K + k];
@@ -69,17 +49,17 @@ __global__ void bpr_forward_kernel(const S* U, const S* V, const S* bias, std::i
       const double ii = static_cast<double>(warp_dot(vi, vi, d, lane));
       l += 0.5 * l2 * (uu + ii + neg_sq / K);
     }
-    if (lane == 0) loss[b] = from_double<S>(l);
+    if (lane == 0) loss[b] = to_storage<S>(l);
   }
 }
 
 template <typename S>
 __global__ void bpr_backward_kernel(const S* U, const S* V, std::int64_t d, const std::int64_t* users,
                                     const std::int64_t* pos, const std::int64_t* neg, std::int64_t B, std::int64_t K,
-                                    const bpr_acc_t<S>* coef, const bpr_acc_t<S>* scale, double l2,
+                                    const acc_t<S>* coef, const acc_t<S>* scale, double l2,
                                     const std::int64_t* urow, const std::int64_t* prow, const std::int64_t* nrow,
-                                    bpr_acc_t<S>* gU, bpr_acc_t<S>* gV, bpr_acc_t<S>* gbias) {
-  using A = bpr_acc_t<S>;
+                                    acc_t<S>* gU, acc_t<S>* gV, acc_t<S>* gbias) {
+  using A = acc_t<S>;
   const int lane = threadIdx.x & 31;
   const std::int64_t warps = (static_cast<std::int64_t>(gridDim.x) * blockDim.x) >> 5;
   const A invK = A(1) / static_cast<A>(K);
@@ -116,7 +96,7 @@ __global__ void bpr_backward_kernel(const S* U, const S* V, std::int64_t d, cons
 template <typename S>
 void bpr_forward(const S* U, const S* V, const S* bias, std::int64_t d, const std::int64_t* users,
                  const std::int64_t* pos, const std::int64_t* neg, std::int64_t B, std::int64_t K, double l2, S* loss,
-                 bpr_acc_t<S>* coef, CUstream_st* stream) {
+                 acc_t<S>* coef, CUstream_st* stream) {
   if (B == 0) return;
   bpr_forward_kernel<S><<<grid_for(B * 32, 256), 256, 0, stream>>>(U, V, bias, d, users, pos, neg, B, K, l2, loss, coef);
   RF_CUDA_CHECK_LAUNCH(bpr_forward_kernel);
@@ -124,9 +104,9 @@ void bpr_forward(const S* U, const S* V, const S* bias, std::int64_t d, const st
 
 template <typename S>
 void bpr_backward(const S* U, const S* V, std::int64_t d, const std::int64_t* users, const std::int64_t* pos,
-                  const std::int64_t* neg, std::int64_t B, std::int64_t K, const bpr_acc_t<S>* coef,
-                  const bpr_acc_t<S>* scale, double l2, const std::int64_t* urow, const std::int64_t* prow,
-                  const std::int64_t* nrow, bpr_acc_t<S>* gU, bpr_acc_t<S>* gV, bpr_acc_t<S>* gbias,
+                  const std::int64_t* neg, std::int64_t B, std::int64_t K, const acc_t<S>* coef,
+                  const acc_t<S>* scale, double l2, const std::int64_t* urow, const std::int64_t* prow,
+                  const std::int64_t* nrow, acc_t<S>* gU, acc_t<S>* gV, acc_t<S>* gbias,
                   CUstream_st* stream) {
   if (B == 0) return;
   bpr_backward_kernel<S><<<grid_for(B * 32, 256), 256, 0, stream>>>(U, V, d, users, pos, neg, B, K, coef, scale, l2,
@@ -137,11 +117,11 @@ void bpr_backward(const S* U, const S* V, std::int64_t d, const std::int64_t* us
 #define RF_INSTANTIATE(S)                                                                                         \
   template void bpr_forward<S>(const S*, const S*, const S*, std::int64_t, const std::int64_t*,                  \
                                const std::int64_t*, const std::int64_t*, std::int64_t, std::int64_t, double, S*, \
-                               bpr_acc_t<S>*, CUstream_st*);                                                     \
+                               acc_t<S>*, CUstream_st*);                                                     \
   template void bpr_backward<S>(const S*, const S*, std::int64_t, const std::int64_t*, const std::int64_t*,      \
-                                const std::int64_t*, std::int64_t, std::int64_t, const bpr_acc_t<S>*,            \
-                                const bpr_acc_t<S>*, double, const std::int64_t*, const std::int64_t*,           \
-                                const std::int64_t*, bpr_acc_t<S>*, bpr_acc_t<S>*, bpr_acc_t<S>*, CUstream_st*);
+                                const std::int64_t*, std::int64_t, std::int64_t, const acc_t<S>*,            \
+                                const acc_t<S>*, double, const std::int64_t*, const std::int64_t*,           \
+                                const std::int64_t*, acc_t<S>*, acc_t<S>*, acc_t<S>*, CUstream_st*);
 RF_INSTANTIATE(float)
 RF_INSTANTIATE(double)
 RF_INSTANTIATE(__half)

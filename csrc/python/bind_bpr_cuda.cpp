@@ -1,8 +1,6 @@
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-
 #include "bindings.h"
 #include "recfast/bpr.h"
+#include "storage_cuda.h"
 
 namespace {
 
@@ -11,22 +9,6 @@ using ptr = std::uintptr_t;
 template <typename T>
 T* P(ptr p) {
   return reinterpret_cast<T*>(p);
-}
-
-// Calls f with a null pointer of the tables' storage type, named as torch names the dtype.
-template <typename F>
-void with_storage(const std::string& dtype, const char* op, F&& f) {
-  if (dtype == "float32") {
-    f(static_cast<float*>(nullptr));
-  } else if (dtype == "float64") {
-    f(static_cast<double*>(nullptr));
-  } else if (dtype == "float16") {
-    f(static_cast<__half*>(nullptr));
-  } else if (dtype == "bfloat16") {
-    f(static_cast<__nv_bfloat16*>(nullptr));
-  } else {
-    recfast::python::fail(std::string(op) + ": tables must be float32, float64, float16 or bfloat16, got " + dtype);
-  }
 }
 
 }  // namespace
@@ -38,9 +20,9 @@ void bind_bpr_cuda(py::module_& m) {
          ptr loss, ptr coef, const std::string& dtype, ptr stream) {
         auto* s = reinterpret_cast<CUstream_st*>(stream);
         const auto *u = P<const std::int64_t>(users), *p = P<const std::int64_t>(pos), *n = P<const std::int64_t>(neg);
-        with_storage(dtype, "bpr_forward", [&](auto* tag) {
+        recfast::python::with_storage(dtype, "bpr_forward", [&](auto* tag) {
           using S = std::remove_pointer_t<decltype(tag)>;
-          using A = recfast::cuda::bpr_acc_t<S>;
+          using A = recfast::acc_t<S>;
           py::gil_scoped_release release;
           recfast::cuda::bpr_forward<S>(P<const S>(U), P<const S>(V), P<const S>(bias), d, u, p, n, B, K, l2,
                                         P<S>(loss), P<A>(coef), s);
@@ -59,9 +41,9 @@ void bind_bpr_cuda(py::module_& m) {
         auto* s = reinterpret_cast<CUstream_st*>(stream);
         const auto *u = P<const std::int64_t>(users), *p = P<const std::int64_t>(pos), *n = P<const std::int64_t>(neg);
         const auto *ur = P<const std::int64_t>(urow), *pr = P<const std::int64_t>(prow), *nr = P<const std::int64_t>(nrow);
-        with_storage(dtype, "bpr_backward", [&](auto* tag) {
+        recfast::python::with_storage(dtype, "bpr_backward", [&](auto* tag) {
           using S = std::remove_pointer_t<decltype(tag)>;
-          using A = recfast::cuda::bpr_acc_t<S>;
+          using A = recfast::acc_t<S>;
           py::gil_scoped_release release;
           recfast::cuda::bpr_backward<S>(P<const S>(U), P<const S>(V), d, u, p, n, B, K, P<const A>(coef),
                                          P<const A>(scale), l2, ur, pr, nr, P<A>(gU), P<A>(gV), P<A>(gbias), s);

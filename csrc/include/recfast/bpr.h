@@ -131,33 +131,22 @@ struct CUstream_st;
 namespace recfast::cuda {
 
 // Tables are stored as S: float, double, or (CUDA only) __half and __nv_bfloat16. Every load is
-// converted to acc_t<S> (double for double, float otherwise) and all arithmetic, coef, scale and the
-// gradients are acc_t<S>: half tables get float32 accumulation and float32 gradient buffers, which
-// the caller rounds to the tables' dtype once at the end (repeated rows summed in half would lose
-// low bits on every add). The per-example loss is written as S.
-template <typename S>
-struct bpr_acc {
-  using type = float;
-};
-template <>
-struct bpr_acc<double> {
-  using type = double;
-};
-template <typename S>
-using bpr_acc_t = typename bpr_acc<S>::type;
-
+// converted to acc_t<S> (common.h: double for double, float otherwise) and all arithmetic, coef,
+// scale and the gradients are acc_t<S>: half tables get float32 accumulation and float32 gradient
+// buffers, which the caller rounds to the tables' dtype once at the end (repeated rows summed in
+// half would lose low bits on every add). The per-example loss is written as S.
 template <typename S>
 void bpr_forward(const S* U, const S* V, const S* bias, std::int64_t d, const std::int64_t* users,
                  const std::int64_t* pos, const std::int64_t* neg, std::int64_t B, std::int64_t K, double l2, S* loss,
-                 bpr_acc_t<S>* coef, CUstream_st* stream);
+                 acc_t<S>* coef, CUstream_st* stream);
 
 // The scatter uses atomicAdd: correct for repeated rows, but the summation order (and so the last
 // bits) may vary between runs.
 template <typename S>
 void bpr_backward(const S* U, const S* V, std::int64_t d, const std::int64_t* users, const std::int64_t* pos,
-                  const std::int64_t* neg, std::int64_t B, std::int64_t K, const bpr_acc_t<S>* coef,
-                  const bpr_acc_t<S>* scale, double l2, const std::int64_t* urow, const std::int64_t* prow,
-                  const std::int64_t* nrow, bpr_acc_t<S>* gU, bpr_acc_t<S>* gV, bpr_acc_t<S>* gbias,
+                  const std::int64_t* neg, std::int64_t B, std::int64_t K, const acc_t<S>* coef,
+                  const acc_t<S>* scale, double l2, const std::int64_t* urow, const std::int64_t* prow,
+                  const std::int64_t* nrow, acc_t<S>* gU, acc_t<S>* gV, acc_t<S>* gbias,
                   CUstream_st* stream);
 
 }  // namespace recfast::cuda
