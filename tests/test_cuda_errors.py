@@ -286,7 +286,7 @@ def test_bpr_binding_dtypes():
 # On a GPU: a real out-of-memory, named
 # ---------------------------------------------------------------------------------------------
 
-_HUGE = 2**36  # ids: 512 GiB as int64, past any GPU
+_HUGE = 2**35  # ids: 256 GiB as int64, past any GPU
 
 
 @requires_cuda
