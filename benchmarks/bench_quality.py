@@ -200,21 +200,6 @@ def _bpr_pair(args, train, valid, test, rows) -> None:
 
 
 # -- ml-100k -----------------------------------------------------------------------------------------------
-def _genres(item_ids: np.ndarray) -> torch.Tensor:
-    f = recfast.data.load_atomic_features(DATA / "ml-100k" / "ml-100k.item")
-    by_id = {int(i): (y, g) for i, y, g in zip(f["item_id"], f["release_year"], f["class"])}
-    genres = sorted({g for _, gs in by_id.values() for g in gs})
-    feats = np.zeros((item_ids.size, len(genres) + 1), dtype=np.float32)
-    years = np.array([float(by_id[int(i)][0]) if str(by_id.get(int(i), ("x",))[0]).isdigit() else np.nan
-                      for i in item_ids])
-    years = np.where(np.isnan(years), np.nanmean(years), years)
-    feats[:, -1] = (years - years.mean()) / years.std()
-    for row, i in enumerate(item_ids):
-        for g in by_id.get(int(i), (0, []))[1]:
-            feats[row, genres.index(g)] = 1.0
-    return torch.from_numpy(feats)
-
-
 def bench_ml100k(args, rows: list[dict[str, Any]]) -> None:
     if not (DATA / "ml-100k").is_dir():
         print(f"{DATA / 'ml-100k'} not found: ml-100k skipped")
@@ -262,7 +247,8 @@ def bench_ml100k(args, rows: list[dict[str, Any]]) -> None:
 
     if wanted is None or "HybridMF" in wanted:
         item_ids = np.asarray(x.item_ids) if x.item_ids is not None else np.arange(n_items)
-        feats = _genres(item_ids)
+        feats = recfast.data.atomic_feature_matrix(DATA / "ml-100k" / "ml-100k.item", item_ids, multi_hot=["class"],
+                                                   numeric=["release_year"])  # genres, then the standardized year
         for name, reg, params, extra in (("BPRMF", "BPRMF", {"dim": 32, "l2": 1e-4}, {}),
                                          ("HybridMF", "HybridMF", {"embedding_dim": 32, "l2": 1e-4},
                                           {"item_features": feats})):

@@ -4,13 +4,24 @@ Ops validate on the Python side (dtype, device, shape, ranges) and then route on
 ``tensor.device.type``: CPU tensors go to ``recfast._C`` as numpy views (no copy), CUDA tensors to
 ``recfast._C_cuda`` as raw pointers plus the current stream. Without ``_C_cuda`` a CUDA input runs
 the op's torch reference on the GPU after a one-time warning; never a silent fallback.
+
+CUDA errors name the op. Every public op (and each autograd backward) runs inside ``cuda_errors``:
+a ``torch.OutOfMemoryError``, ``torch.AcceleratorError`` or CUDA ``RuntimeError`` raised there
+(by torch's allocator, a torch call, or a ``_C_cuda`` launch check) is raised again as the same
+type, its message prefixed "recfast.ops.<op> (CUDA): ", the original chained as ``__cause__``.
+Kernels run asynchronously, so a fault inside a kernel (an illegal address) is only reported by
+a later synchronizing call, possibly someone else's; with ``RECFAST_CUDA_SYNC=1`` in the
+environment each op synchronizes its devices before returning, so the op that faulted reports it
+(a debugging switch: it costs a host-device round trip per op).
 """
 
 from __future__ import annotations
 
+import functools
+import os
 import warnings
-from types import ModuleType
-from typing import Any, Iterable
+from types import ModuleType, TracebackType
+from typing import Any, Callable, Iterable, TypeVar
 
 import numpy as np
 import torch
@@ -24,6 +35,7 @@ except ImportError:  # pragma: no cover - depends on the build
 
 _C_cuda: ModuleType | None = _C_cuda_module
 _warned_reference = False
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 
 def build_info() -> dict[str, Any]:
@@ -68,6 +80,129 @@ def cuda_module(op: str) -> ModuleType | None:
         )
         _warned_reference = True
     return None
+
+
+# ---------------------------------------------------------------------------------------------
+# CUDA errors: named by the op that raised them.
+# ---------------------------------------------------------------------------------------------
+
+SYNC_ENV = "RECFAST_CUDA_SYNC"
+
+
+def cuda_sync_enabled() -> bool:
+    """True when ``RECFAST_CUDA_SYNC`` asks each op to synchronize its devices before returning."""
+    return os.environ.get(SYNC_ENV, "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
+def _qualified(op: str) -> str:
+    return op if "." in op else f"recfast.ops.{op}"
+
+
+def _is_cuda_error(e: BaseException) -> bool:
+    if isinstance(e, (torch.OutOfMemoryError, torch.AcceleratorError)):
+        return True
+    # torch's CUDA checks and recfast::cuda::check both say "CUDA error"; the allocator "CUDA out of memory".
+    return isinstance(e, RuntimeError) and "CUDA" in str(e)
+
+
+def _named(op: str, e: RuntimeError, synced: bool) -> RuntimeError:
+    """``e`` again, same type, its message prefixed with the op (a launch check's allocation failure,
+    a plain RuntimeError naming cudaErrorMemoryAllocation, becomes the OutOfMemoryError it is)."""
+    msg = str(e)
+    cls: type[RuntimeError] = type(e)
+    if cls is RuntimeError and "cudaErrorMemoryAllocation" in msg:
+        cls = torch.OutOfMemoryError
+    text = f"{_qualified(op)} (CUDA): {msg}"
+    if not issubclass(cls, torch.OutOfMemoryError) and not synced:
+        text += (f" (kernel faults are reported asynchronously, possibly by a later op: set {SYNC_ENV}=1 to have "
+                 "each recfast op synchronize, or CUDA_LAUNCH_BLOCKING=1)")
+    try:
+        new = cls(text)
+    except Exception:  # an exception type whose constructor wants more than a message
+        new = RuntimeError(text)
+    new._recfast_op = _qualified(op)  # type: ignore[attr-defined]
+    return new
+
+
+def _cuda_devices(objs: Iterable[Any]) -> list[torch.device]:
+    """The CUDA devices of the real (not fake, not meta) tensors and CSR matrices among ``objs``."""
+    from torch._subclasses.fake_tensor import is_fake
+
+    out: list[torch.device] = []
+    for o in objs:
+        dev = getattr(o, "device", None)
+        if isinstance(dev, torch.device) and dev.type == "cuda" and dev not in out:
+            if isinstance(o, torch.Tensor) and is_fake(o):
+                continue
+            out.append(dev)
+    return out
+
+
+class cuda_errors:
+    """Name ``op`` in the CUDA errors raised inside; a context manager or a decorator.
+
+    ``torch.OutOfMemoryError``, ``torch.AcceleratorError`` and any ``RuntimeError`` about CUDA
+    are raised again as the same type with the message prefixed "recfast.ops.<op> (CUDA): "
+    (``op`` without a dot is taken as a ``recfast.ops`` name) and the original as ``__cause__``;
+    an error already named by an inner ``cuda_errors`` passes unchanged, and anything else too.
+    With ``RECFAST_CUDA_SYNC=1`` a call that succeeded synchronizes the CUDA devices of its
+    arguments (the decorator) or ``device`` (the context manager; none when it is None), so an
+    asynchronous fault is raised here, named. Under ``torch.compile`` tracing it does nothing.
+
+    Example
+    -------
+    >>> import torch
+    >>> from recfast._backend import cuda_errors
+    >>> try:
+    ...     with cuda_errors("bpr_loss"):
+    ...         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1 TiB")
+    ... except torch.OutOfMemoryError as e:
+    ...     print(e)
+    recfast.ops.bpr_loss (CUDA): CUDA out of memory. Tried to allocate 1 TiB
+    """
+
+    def __init__(self, op: str, device: torch.device | None = None) -> None:
+        self.op = op
+        self.device = device
+
+    def __enter__(self) -> "cuda_errors":
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> bool:
+        if e is None:
+            if self.device is not None and cuda_sync_enabled() and torch.cuda.is_initialized():
+                self._sync([self.device])
+            return False
+        self._rename(e)
+        return False
+
+    def _rename(self, e: BaseException, synced: bool = False) -> None:
+        if isinstance(e, RuntimeError) and _is_cuda_error(e) and not hasattr(e, "_recfast_op"):
+            raise _named(self.op, e, synced or cuda_sync_enabled()) from e
+
+    def _sync(self, devices: list[torch.device | None]) -> None:
+        try:
+            for dev in devices:
+                torch.cuda.synchronize(dev)
+        except RuntimeError as e:  # the fault of a kernel this op launched (or an earlier one's)
+            self._rename(e, synced=True)
+            raise
+
+    def __call__(self, fn: _F) -> _F:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            if torch.compiler.is_compiling():
+                return fn(*args, **kwargs)
+            try:
+                out = fn(*args, **kwargs)
+            except RuntimeError as e:
+                self._rename(e)
+                raise
+            if cuda_sync_enabled() and torch.cuda.is_initialized():
+                self._sync(_cuda_devices([*args, *kwargs.values()]))
+            return out
+
+        return wrapper  # type: ignore[return-value]
 
 
 def stream_of(t: torch.Tensor) -> int:

@@ -11,6 +11,11 @@ dense gradient updates every row (the same formulas).
   global step count for the bias corrections.
 
 In all three, weight decay adds ``weight_decay * p`` to the gradient of the touched rows.
+
+Parameters are float32 or float64; on CUDA also float16 and bfloat16, whose states (Adagrad's
+sum, Adam's moments) are float32 and each update is computed in float32 and rounded once to the
+parameter's dtype. An update smaller than half a unit in the last place of a half parameter is
+lost in that rounding (bfloat16 keeps 8 bits): for long training keep float32 parameters.
 """
 
 from __future__ import annotations
@@ -20,11 +25,12 @@ from typing import Any, Iterable
 import torch
 
 from . import _C
-from ._backend import cuda_module, np_view, stream_of
+from ._backend import _dtype_name, cuda_errors, cuda_module, np_view, stream_of
 
 __all__ = ["SparseSGD", "SparseAdagrad", "SparseAdam"]
 
 _KIND = {"sgd": 0, "adagrad": 1, "adam": 2}
+_HALF = (torch.float16, torch.bfloat16)  # CUDA only: float32 states, float32 arithmetic
 
 
 class _RowSparseOptimizer(torch.optim.Optimizer):
@@ -48,16 +54,22 @@ class _RowSparseOptimizer(torch.optim.Optimizer):
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                if p.dtype not in (torch.float32, torch.float64):
-                    raise TypeError(f"{type(self).__name__}: parameters must be float32 or float64, got {p.dtype}")
-                state = self.state[p]
-                if not state:
-                    state["step"] = 0
-                    for name in self._states:
-                        state[name] = torch.zeros_like(p, memory_format=torch.contiguous_format)
-                state["step"] += 1
-                rows, values = _rows_and_values(p.grad, p)
-                self._apply(group, state, p, rows, values)
+                if p.dtype not in (torch.float32, torch.float64) and not (p.is_cuda and p.dtype in _HALF):
+                    where = "" if p.is_cuda else " on CPU"
+                    raise TypeError(f"{type(self).__name__}: parameters must be float32 or float64{where}, got "
+                                    f"{_dtype_name(p.dtype)} (float16/bfloat16 parameters are accepted on CUDA only)")
+                with cuda_errors(f"recfast.optim.{type(self).__name__}.step", p.device if p.is_cuda else None):
+                    state = self.state[p]
+                    if not state:  # all or nothing: an out-of-memory here leaves no half-made state
+                        fresh = {name: torch.zeros_like(p, dtype=_state_dtype(p.dtype),
+                                                        memory_format=torch.contiguous_format)
+                                 for name in self._states}
+                        state.update(step=0, **fresh)
+                    state["step"] += 1
+                    # half gradients are summed (coalesced) in float32, as the states are kept
+                    grad = p.grad.to(torch.float32) if p.dtype in _HALF else p.grad
+                    rows, values = _rows_and_values(grad, p)
+                    self._apply(group, state, p, rows, values)
         return loss
 
     def _hyper(self, group: dict[str, Any], step: int) -> tuple[float, ...]:
@@ -70,24 +82,33 @@ class _RowSparseOptimizer(torch.optim.Optimizer):
         if not p.is_contiguous():
             raise ValueError(f"{type(self).__name__}: parameters must be contiguous")
         d = p[0].numel() if p.dim() > 1 else 1
-        values = values.reshape(rows.numel(), d).to(p.dtype).contiguous()
+        values = values.reshape(rows.numel(), d).to(_state_dtype(p.dtype)).contiguous()
         rows = rows.to(torch.int64).contiguous()
         states = [state[name] for name in self._states] + [None] * (2 - len(self._states))
         h = self._hyper(group, state["step"])
         if p.device.type == "cuda":
             mod = cuda_module("sparse optimizer")
             if mod is None:
-                _reference_step(self._kind, h, p.view(-1, d), [None if s is None else s.view(-1, d) for s in states],
-                                rows, values)
+                table = p.view(-1, d)
+                work = table.float() if p.dtype in _HALF else table  # float32 arithmetic, rounded once below
+                _reference_step(self._kind, h, work, [None if s is None else s.view(-1, d) for s in states], rows,
+                                values)
+                if work is not table:
+                    table[rows] = work[rows].to(p.dtype)
                 return
             with torch.cuda.device(p.device):
                 mod.sparse_opt_step(_KIND[self._kind], *h, p.data_ptr(), 0 if states[0] is None else states[0].data_ptr(),
                                     0 if states[1] is None else states[1].data_ptr(), d, rows.data_ptr(),
-                                    values.data_ptr(), rows.numel(), p.dtype == torch.float64, stream_of(p))
+                                    values.data_ptr(), rows.numel(), _dtype_name(p.dtype), stream_of(p))
             return
         _C.sparse_opt_step(_KIND[self._kind], *h, np_view(p).reshape(-1),
                            *[None if s is None else np_view(s).reshape(-1) for s in states], np_view(rows),
                            np_view(values).reshape(-1), 0)
+
+
+def _state_dtype(dtype: torch.dtype) -> torch.dtype:
+    """States and gradients of a parameter of ``dtype``: float32 for half parameters."""
+    return torch.float32 if dtype in _HALF else dtype
 
 
 def _rows_and_values(grad: torch.Tensor, p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -637,33 +637,11 @@ def test_hybrid_features_enter_item_vectors(data: dict[str, Any]) -> None:
         recfast.build_model("HybridMF", {}, n_users=N_USERS, n_items=N_ITEMS, item_features=feats * np.nan)
 
 
-def _read_ml100k_genres(data_dir: Path, item_ids: np.ndarray) -> torch.Tensor:
-    lines = (data_dir / "ml-100k" / "ml-100k.item").read_text(encoding="utf-8", errors="replace").splitlines()
-    header = lines[0].split("\t")
-    col_id, col_year, col_class = (header.index(h) for h in ("item_id:token", "release_year:token", "class:token_seq"))
-    by_id = {}
-    for line in lines[1:]:
-        f = line.split("\t")
-        try:
-            year = float(f[col_year])
-        except ValueError:  # a missing year is written "unkonwn"
-            year = np.nan
-        by_id[int(f[col_id])] = (year, f[col_class].split())
-    genres = sorted({g for _, gs in by_id.values() for g in gs})
-    feats = np.zeros((item_ids.size, len(genres) + 1), dtype=np.float32)
-    years = np.array([by_id.get(int(i), (np.nan, []))[0] for i in item_ids])
-    years = np.where(np.isnan(years), np.nanmean(years), years)
-    feats[:, -1] = (years - years.mean()) / years.std()
-    for row, i in enumerate(item_ids):
-        for g in by_id.get(int(i), (0, []))[1]:
-            feats[row, genres.index(g)] = 1.0
-    return torch.from_numpy(feats)
-
-
 def test_hybrid_mf_on_ml100k_genres(data_dir: Path) -> None:
     _need("bpr_loss")
     users, items, _, item_ids = _read_ml100k(data_dir)
-    feats = _read_ml100k_genres(data_dir, item_ids)
+    feats = recfast.data.atomic_feature_matrix(data_dir / "ml-100k" / "ml-100k.item", item_ids, multi_hot=["class"],
+                                               numeric=["release_year"])  # genres, then the standardized year
     assert feats.shape == (item_ids.size, 20) and feats[:, :-1].sum(1).min() >= 1  # every movie has a genre
     n_users, n_items = users.max() + 1, items.max() + 1
     train = Interactions(users, items, n_users=n_users, n_items=n_items).to_csr()

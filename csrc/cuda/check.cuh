@@ -9,11 +9,14 @@
 
 namespace recfast::cuda {
 
-// Thrown as RuntimeError in Python, with the op's name and CUDA's message.
-inline void check(cudaError_t err, const char* op) {
+// Thrown as RuntimeError in Python: "<what>: CUDA error cudaErrorX: <CUDA's message>". `what` names the
+// kernel or call; recfast._backend.cuda_errors prefixes the public op's name, and turns
+// cudaErrorMemoryAllocation into torch.OutOfMemoryError.
+inline void check(cudaError_t err, const char* what) {
   if (err != cudaSuccess) {
-    cudaGetLastError();  // clear a sticky-free error so the next op does not report it again
-    throw std::runtime_error(std::string(op) + ": CUDA error: " + cudaGetErrorString(err));
+    cudaGetLastError();  // clear a non-sticky error so the next op does not report it again
+    throw std::runtime_error(std::string(what) + ": CUDA error " + cudaGetErrorName(err) + ": " +
+                             cudaGetErrorString(err));
   }
 }
 
@@ -32,6 +35,9 @@ inline unsigned grid_for(long long n, unsigned block, unsigned cap = 65535u * 32
 
 }  // namespace recfast::cuda
 
-// Check the launch just made: configuration errors surface here, naming the op.
-#define RF_CUDA_CHECK_LAUNCH(op) ::recfast::cuda::check(cudaGetLastError(), op)
-#define RF_CUDA_CHECK(expr, op) ::recfast::cuda::check((expr), op)
+// Check the launch just made, right after it, naming the kernel: configuration errors (a grid or
+// block the device cannot run, too much shared memory, no image for this architecture) surface
+// here. Faults inside the kernel are asynchronous: the next synchronizing call reports them
+// (RECFAST_CUDA_SYNC=1 makes that the op's own synchronization).
+#define RF_CUDA_CHECK_LAUNCH(kernel) ::recfast::cuda::check(cudaGetLastError(), "launch of " #kernel)
+#define RF_CUDA_CHECK(expr, what) ::recfast::cuda::check((expr), what)

@@ -77,11 +77,12 @@ void sample_negatives(const offset_t* indptr, const I* indices, std::int64_t n_i
   if (replace) {
     sample_with_replacement_kernel<I><<<grid_for(batch * num_negatives, block), block, 0, stream>>>(
         indptr, indices, n_items, users, batch, num_negatives, seed, row_offset, cum, G, out, bad);
+    RF_CUDA_CHECK_LAUNCH(sample_with_replacement_kernel);
   } else {
     sample_distinct_kernel<I><<<grid_for(batch, block), block, 0, stream>>>(indptr, indices, n_items, users, batch,
                                                                              num_negatives, seed, row_offset, out, bad);
+    RF_CUDA_CHECK_LAUNCH(sample_distinct_kernel);
   }
-  RF_CUDA_CHECK_LAUNCH("sample_negatives");
 }
 
 template void sample_negatives<std::int32_t>(const offset_t*, const std::int32_t*, std::int64_t, const std::int64_t*,

@@ -95,19 +95,19 @@ void spmm(const offset_t* indptr, const I* indices, const T* values, std::int64_
   if (n_rows == 0 || d == 0) return;
   constexpr unsigned block = 256;
   spmm_kernel<I, T><<<grid_for(n_rows * 32, block), block, 0, stream>>>(indptr, indices, values, n_rows, dense, d, out);
-  RF_CUDA_CHECK_LAUNCH("spmm");
+  RF_CUDA_CHECK_LAUNCH(spmm_kernel);
   // Every block scans the row lengths and skips the short rows; a grid of 1,024 blocks covers the
   // rows in strides, which is cheap next to the long rows' work.
   const unsigned long_grid = static_cast<unsigned>(n_rows < 1024 ? n_rows : 1024);
   spmm_long_kernel<I, T><<<long_grid, 256, 0, stream>>>(indptr, indices, values, n_rows, dense, d, out);
-  RF_CUDA_CHECK_LAUNCH("spmm");
+  RF_CUDA_CHECK_LAUNCH(spmm_long_kernel);
 }
 
 template <typename T>
 void axpy(T* out, const T* src, double w, std::int64_t n, CUstream_st* stream) {
   if (n == 0) return;
   axpy_kernel<T><<<grid_for(n, 256), 256, 0, stream>>>(out, src, static_cast<T>(w), n);
-  RF_CUDA_CHECK_LAUNCH("lightgcn_propagate");
+  RF_CUDA_CHECK_LAUNCH(axpy_kernel);
 }
 
 #define RF_INSTANTIATE(I, T)                                                                                       \

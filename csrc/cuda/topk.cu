@@ -29,7 +29,7 @@ void topk_mask(float* scores, std::int64_t n_rows, std::int64_t n_cols, std::int
   if (n_rows == 0 || n_cols == 0) return;
   const unsigned grid = static_cast<unsigned>(n_rows < 65535 ? n_rows : 65535);
   topk_mask_kernel<I><<<grid, 128, 0, stream>>>(scores, n_rows, n_cols, tile_start, rows, ex_indptr, ex_indices);
-  RF_CUDA_CHECK_LAUNCH("topk");
+  RF_CUDA_CHECK_LAUNCH(topk_mask_kernel);
 }
 
 template void topk_mask<std::int32_t>(float*, std::int64_t, std::int64_t, std::int64_t, const std::int64_t*,

@@ -19,12 +19,19 @@ from typing import Optional
 import torch
 
 from .. import _C
-from .._backend import INDEX_DTYPES, check_range, check_tensor, check_threads, cuda_module, np_view, stream_of
+from .._backend import (INDEX_DTYPES, _dtype_name, check_range, check_tensor, check_threads, cuda_errors,
+                        cuda_module, np_view, stream_of)
 from ..csr import CSR
 
 __all__ = ["bpr_loss", "bpr_sgd_step", "bpr_sgd_epoch"]
 
 _REDUCTIONS = ("mean", "sum", "none")
+_HALF = (torch.float16, torch.bfloat16)  # CUDA only: float32 accumulation, gradients in the tables' dtype
+
+
+def _acc(dtype: torch.dtype) -> torch.dtype:
+    """What the kernels accumulate (and keep coef, scale and gradient scratch) in for tables of ``dtype``."""
+    return torch.float32 if dtype in _HALF else dtype
 
 
 # ---------------------------------------------------------------------------------------------
@@ -34,7 +41,7 @@ _REDUCTIONS = ("mean", "sum", "none")
 def _forward(U, V, bias, users, pos, neg, l2):
     B, K = neg.shape
     loss = torch.empty(B, dtype=U.dtype, device=U.device)
-    coef = torch.empty(B, K, dtype=U.dtype, device=U.device)
+    coef = torch.empty(B, K, dtype=_acc(U.dtype), device=U.device)
     if B == 0:
         return loss, coef
     if U.device.type == "cuda":
@@ -44,7 +51,7 @@ def _forward(U, V, bias, users, pos, neg, l2):
         with torch.cuda.device(U.device):
             mod.bpr_forward(U.data_ptr(), V.data_ptr(), 0 if bias is None else bias.data_ptr(), U.shape[1],
                             users.data_ptr(), pos.data_ptr(), neg.data_ptr(), B, K, float(l2), loss.data_ptr(),
-                            coef.data_ptr(), U.dtype == torch.float64, stream_of(loss))
+                            coef.data_ptr(), _dtype_name(U.dtype), stream_of(loss))
         return loss, coef
     _C.bpr_forward(np_view(U), np_view(V), None if bias is None else np_view(bias), np_view(users), np_view(pos),
                    np_view(neg), float(l2), np_view(loss), np_view(coef).reshape(-1), 0)
@@ -60,16 +67,40 @@ def _backward(U, V, users, pos, neg, coef, scale, l2, urow, prow, nrow, gU, gV, 
         if mod is None:
             _backward_reference(U, V, users, pos, neg, coef, scale, l2, urow, prow, nrow, gU, gV, gbias)
             return
+        # Half tables: the kernel adds into float32 scratch, rounded to the tables' dtype once at the end.
+        dst = (gU, gV, gbias)
+        if U.dtype in _HALF:
+            gU, gV, gbias = _f32_scratch(dst)
         with torch.cuda.device(U.device):
             mod.bpr_backward(U.data_ptr(), V.data_ptr(), U.shape[1], users.data_ptr(), pos.data_ptr(), neg.data_ptr(),
                              B, K, coef.data_ptr(), scale.data_ptr(), float(l2), urow.data_ptr(), prow.data_ptr(),
                              nrow.data_ptr(), gU.data_ptr(), gV.data_ptr(), 0 if gbias is None else gbias.data_ptr(),
-                             U.dtype == torch.float64, stream_of(gU))
+                             _dtype_name(U.dtype), stream_of(gU))
+        if U.dtype in _HALF:
+            _add_rounded(dst, (gU, gV, gbias))
         return
     _C.bpr_backward(np_view(U), np_view(V), np_view(users), np_view(pos), np_view(neg), np_view(coef).reshape(-1),
                     np_view(scale),
                     float(l2), np_view(urow), np_view(prow), np_view(nrow), np_view(gU), np_view(gV),
                     None if gbias is None else np_view(gbias), 0)
+
+
+def _f32_scratch(bufs):
+    """float32 zeros shaped like each buffer; one for a buffer that appears twice (a shared table)."""
+    seen: dict[int, torch.Tensor] = {}
+    for g in bufs:
+        if g is not None and id(g) not in seen:
+            seen[id(g)] = torch.zeros(g.shape, dtype=torch.float32, device=g.device)
+    return tuple(None if g is None else seen[id(g)] for g in bufs)
+
+
+def _add_rounded(bufs, f32) -> None:
+    """Add each float32 scratch into its buffer (rounding to the buffer's dtype), a shared one once."""
+    done: set[int] = set()
+    for d, f in zip(bufs, f32):
+        if d is not None and id(d) not in done:
+            d.add_(f)
+            done.add(id(d))
 
 
 def _reduce(loss_b: torch.Tensor, reduction: str) -> torch.Tensor:
@@ -81,6 +112,7 @@ def _reduce(loss_b: torch.Tensor, reduction: str) -> torch.Tensor:
 
 
 def _scale(grad: torch.Tensor, B: int, reduction: str, dtype, device) -> torch.Tensor:
+    dtype = _acc(dtype)  # half tables: 1/B in float16 would be subnormal for large batches
     if reduction == "none":
         return grad.to(dtype).contiguous()
     g = grad.to(dtype) / (B if reduction == "mean" and B else 1)
@@ -102,7 +134,7 @@ def _bpr_op(user_emb: torch.Tensor, item_emb: torch.Tensor, item_bias: Optional[
 def _(user_emb, item_emb, item_bias, users, pos, neg, l2, reduction):
     B, K = neg.shape
     out = user_emb.new_empty(B) if reduction == "none" else user_emb.new_empty(())
-    return out, user_emb.new_empty(B, K)
+    return out, user_emb.new_empty(B, K, dtype=_acc(user_emb.dtype))
 
 
 def _bpr_setup(ctx, inputs, output):
@@ -131,6 +163,7 @@ def _(user_emb, item_emb, users, pos, neg, coef, grad, l2, reduction, has_bias):
     return torch.empty_like(user_emb), torch.empty_like(item_emb), user_emb.new_empty(n)
 
 
+@cuda_errors("bpr_loss")  # the backward, which autograd runs later
 def _bpr_backward(ctx, grad_loss, _grad_coef):
     U, V, users, pos, neg, coef = ctx.saved_tensors
     gU, gV, gbias = _bpr_backward_op(U, V, users, pos, neg, coef, grad_loss, ctx.l2, ctx.reduction, ctx.has_bias)
@@ -156,7 +189,7 @@ def _bpr_shared_op(emb: torch.Tensor, item_bias: Optional[torch.Tensor], users: 
 def _(emb, item_bias, users, pos, neg, l2, reduction):
     B, K = neg.shape
     out = emb.new_empty(B) if reduction == "none" else emb.new_empty(())
-    return out, emb.new_empty(B, K)
+    return out, emb.new_empty(B, K, dtype=_acc(emb.dtype))
 
 
 def _bpr_shared_setup(ctx, inputs, output):
@@ -183,6 +216,7 @@ def _(emb, users, pos, neg, coef, grad, l2, reduction, has_bias):
     return torch.empty_like(emb), emb.new_empty(emb.shape[0] if has_bias else 0)
 
 
+@cuda_errors("bpr_loss")
 def _bpr_shared_backward(ctx, grad_loss, _grad_coef):
     E, users, pos, neg, coef = ctx.saved_tensors
     g, gbias = _bpr_shared_backward_op(E, users, pos, neg, coef, grad_loss, ctx.l2, ctx.reduction, ctx.has_bias)
@@ -205,6 +239,7 @@ class _BPRSparse(torch.autograd.Function):
         return _reduce(loss_b, reduction)
 
     @staticmethod
+    @cuda_errors("bpr_loss")
     def backward(ctx, grad):
         U, V, bias, users, pos, neg, coef = ctx.saved_tensors
         B, K = neg.shape
@@ -234,6 +269,7 @@ def _check_ids(op: str, name: str, t: torch.Tensor, upper: int, device: torch.de
     return t.to(torch.int64).contiguous()
 
 
+@cuda_errors("bpr_loss")
 def bpr_loss(
     user_emb: torch.Tensor,
     item_emb: torch.Tensor,
@@ -251,7 +287,9 @@ def bpr_loss(
     Parameters
     ----------
     user_emb : (n_users, d) float32 (float64 too, e.g. for gradcheck): a parameter or the output of
-        propagation.
+        propagation. On CUDA also float16 or bfloat16: loads are converted to float32 and everything
+        accumulates in float32; the loss is returned, and the gradients given, in the tables' dtype
+        (the gradients are summed in float32 scratch and rounded once).
     item_emb : (n_items, d), same dtype and device. It may be ``user_emb`` itself (LightGCN's
         propagated table, item ids offset by n_users): the gradient is then one dense table,
         without the copies that slicing the table into users and items costs in autograd.
@@ -273,7 +311,11 @@ def bpr_loss(
     torch.Size([4, 8])
     """
     op = "bpr_loss"
-    floats = (torch.float32, torch.float64)
+    on_cuda = isinstance(user_emb, torch.Tensor) and user_emb.device.type == "cuda"
+    if not on_cuda and isinstance(user_emb, torch.Tensor) and user_emb.dtype in _HALF:
+        raise TypeError(f"{op}: user_emb must be a float32 or float64 tensor on CPU, got {_dtype_name(user_emb.dtype)} "
+                        "(float16/bfloat16 tables are accepted on CUDA only; call .float() on CPU)")
+    floats = (torch.float32, torch.float64) + (_HALF if on_cuda else ())
     check_tensor(op, "user_emb", user_emb, dtypes=floats, ndim=2)
     check_tensor(op, "item_emb", item_emb, dtypes=(user_emb.dtype,), ndim=2, device=user_emb.device)
     if item_emb.shape[1] != user_emb.shape[1]:
@@ -484,7 +526,13 @@ def bpr_sgd_step(
 
 def _bpr_loss_reference(user_emb, item_emb, users, pos_items, neg_items, *, item_bias=None, l2=0.0,
                         reduction="mean") -> torch.Tensor:
-    """Embedding gather, mul-sum, logsigmoid, autograd."""
+    """Embedding gather, mul-sum, logsigmoid, autograd; half tables are upcast to float32 (the loss is
+    returned in their dtype, and autograd gives gradients in their dtype)."""
+    if user_emb.dtype in _HALF:
+        loss = _bpr_loss_reference(user_emb.float(), item_emb.float(), users, pos_items, neg_items,
+                                   item_bias=None if item_bias is None else item_bias.float(), l2=l2,
+                                   reduction=reduction)
+        return loss.to(user_emb.dtype)
     neg = neg_items if neg_items.dim() == 2 else neg_items.unsqueeze(1)
     u = user_emb[users.long()]
     i = item_emb[pos_items.long()]
@@ -499,6 +547,10 @@ def _bpr_loss_reference(user_emb, item_emb, users, pos_items, neg_items, *, item
 
 
 def _forward_reference(U, V, bias, users, pos, neg, l2):
+    if U.dtype in _HALF:  # float32 arithmetic, the loss rounded to the tables' dtype (as the kernel)
+        loss, coef = _forward_reference(U.float(), V.float(), None if bias is None else bias.float(), users, pos,
+                                        neg, l2)
+        return loss.to(U.dtype), coef
     with torch.no_grad():
         u, i, j = U[users], V[pos], V[neg]
         x = (u * i).sum(-1, keepdim=True) - (u.unsqueeze(1) * j).sum(-1)
@@ -511,6 +563,12 @@ def _forward_reference(U, V, bias, users, pos, neg, l2):
 
 
 def _backward_reference(U, V, users, pos, neg, coef, scale, l2, urow, prow, nrow, gU, gV, gbias):
+    if U.dtype in _HALF:  # float32 arithmetic and scratch, rounded once (as the kernel)
+        dst = (gU, gV, gbias)
+        f32 = _f32_scratch(dst)
+        _backward_reference(U.float(), V.float(), users, pos, neg, coef, scale, l2, urow, prow, nrow, *f32)
+        _add_rounded(dst, f32)
+        return
     K = neg.shape[1]
     c = coef * scale[:, None] / K
     u, i, j = U[users], V[pos], V[neg]

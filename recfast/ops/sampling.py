@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 from .. import _C
-from .._backend import INDEX_DTYPES, check_range, check_tensor, check_threads, cuda_module, np_view, stream_of
+from .._backend import (INDEX_DTYPES, check_range, check_tensor, check_threads, cuda_errors, cuda_module, np_view,
+                        stream_of)
 from ..csr import CSR
 
 __all__ = ["sample_negatives"]
@@ -25,6 +26,7 @@ _MASK64 = (1 << 64) - 1
 _WEIGHT_CACHE: "weakref.WeakKeyDictionary[CSR, tuple]" = weakref.WeakKeyDictionary()
 
 
+@cuda_errors("sample_negatives")
 def sample_negatives(
     csr: CSR,
     users: torch.Tensor,

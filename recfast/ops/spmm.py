@@ -13,7 +13,7 @@ from typing import Optional, Sequence
 import torch
 
 from .. import _C
-from .._backend import check_tensor, cuda_module, np_view, stream_of
+from .._backend import check_tensor, cuda_errors, cuda_module, np_view, stream_of
 from ..csr import CSR
 
 __all__ = ["spmm", "lightgcn_propagate", "edge_dropout"]
@@ -109,6 +109,7 @@ def _spmm_setup(ctx, inputs, output):
     ctx.n_cols = dense.shape[0]
 
 
+@cuda_errors("spmm")  # the backward, which autograd runs later
 def _spmm_backward(ctx, grad):
     indptr, indices, values, t_indptr, t_indices, t_values = ctx.saved_tensors
     g = _spmm_op(t_indptr, t_indices, t_values, indptr, indices, values, grad.contiguous(), ctx.n_cols)
@@ -136,6 +137,7 @@ def _lightgcn_setup(ctx, inputs, output):
     ctx.weights = list(weights)
 
 
+@cuda_errors("lightgcn_propagate")
 def _lightgcn_backward(ctx, grad):
     # d/dE sum_l w_l A^l E applied to G is sum_l w_l (A^T)^l G: the same fused pass over A^T.
     indptr, indices, values, t_indptr, t_indices, t_values = ctx.saved_tensors
@@ -164,6 +166,7 @@ def _parts(csr: CSR) -> tuple:
     return csr.indptr, csr.indices, csr.values, t.indptr, t.indices, t.values
 
 
+@cuda_errors("spmm")
 def spmm(csr: CSR, dense: torch.Tensor) -> torch.Tensor:
     """``csr @ dense``, differentiable with respect to ``dense``.
 
@@ -183,6 +186,7 @@ def spmm(csr: CSR, dense: torch.Tensor) -> torch.Tensor:
     return _spmm_op(*_parts(csr), dense, csr.n_rows)
 
 
+@cuda_errors("lightgcn_propagate")
 def lightgcn_propagate(adj: CSR, emb: torch.Tensor, num_layers: int, *,
                        layer_weights: Sequence[float] | None = None) -> torch.Tensor:
     """LightGCN's final embeddings ``sum_l w_l A^l E`` for l = 0..num_layers, in one call.
@@ -218,6 +222,7 @@ def lightgcn_propagate(adj: CSR, emb: torch.Tensor, num_layers: int, *,
     return _lightgcn_op(*_parts(adj), emb, weights)
 
 
+@cuda_errors("edge_dropout")
 def edge_dropout(csr: CSR, p: float, *, seed: int) -> CSR:
     """Keep each stored entry with probability ``1 - p`` and scale the kept values by
     ``1 / (1 - p)``, as NGCF's sparse dropout does (a binary matrix gets values ``1 / (1 - p)``).

@@ -17,7 +17,8 @@ from __future__ import annotations
 import torch
 
 from .. import _C
-from .._backend import INDEX_DTYPES, check_range, check_tensor, check_threads, cuda_module, np_view, stream_of
+from .._backend import (INDEX_DTYPES, check_range, check_tensor, check_threads, cuda_errors, cuda_module, np_view,
+                        stream_of)
 from ..csr import CSR
 
 __all__ = ["topk", "topk_scores"]
@@ -50,6 +51,7 @@ def _check_common(op: str, n_rows: int, n_items: int, device: torch.device, k: i
     return rows.to(torch.int64).contiguous()
 
 
+@cuda_errors("topk")
 def topk(
     queries: torch.Tensor,
     keys: torch.Tensor,
@@ -106,6 +108,7 @@ def topk(
     return _topk_cpu(queries, keys, k, exclude, rows64, key_bias, block_size, tile_size, num_threads)
 
 
+@cuda_errors("topk_scores")
 def topk_scores(
     scores: torch.Tensor,
     k: int,

@@ -130,17 +130,23 @@ struct CUstream_st;
 
 namespace recfast::cuda {
 
-template <typename T>
-void bpr_forward(const T* U, const T* V, const T* bias, std::int64_t d, const std::int64_t* users,
-                 const std::int64_t* pos, const std::int64_t* neg, std::int64_t B, std::int64_t K, double l2, T* loss,
-                 T* coef, CUstream_st* stream);
+// Tables are stored as S: float, double, or (CUDA only) __half and __nv_bfloat16. Every load is
+// converted to acc_t<S> (common.h: double for double, float otherwise) and all arithmetic, coef,
+// scale and the gradients are acc_t<S>: half tables get float32 accumulation and float32 gradient
+// buffers, which the caller rounds to the tables' dtype once at the end (repeated rows summed in
+// half would lose low bits on every add). The per-example loss is written as S.
+template <typename S>
+void bpr_forward(const S* U, const S* V, const S* bias, std::int64_t d, const std::int64_t* users,
+                 const std::int64_t* pos, const std::int64_t* neg, std::int64_t B, std::int64_t K, double l2, S* loss,
+                 acc_t<S>* coef, CUstream_st* stream);
 
 // The scatter uses atomicAdd: correct for repeated rows, but the summation order (and so the last
 // bits) may vary between runs.
-template <typename T>
-void bpr_backward(const T* U, const T* V, std::int64_t d, const std::int64_t* users, const std::int64_t* pos,
-                  const std::int64_t* neg, std::int64_t B, std::int64_t K, const T* coef, const T* scale, double l2,
-                  const std::int64_t* urow, const std::int64_t* prow, const std::int64_t* nrow, T* gU, T* gV, T* gbias,
+template <typename S>
+void bpr_backward(const S* U, const S* V, std::int64_t d, const std::int64_t* users, const std::int64_t* pos,
+                  const std::int64_t* neg, std::int64_t B, std::int64_t K, const acc_t<S>* coef,
+                  const acc_t<S>* scale, double l2, const std::int64_t* urow, const std::int64_t* prow,
+                  const std::int64_t* nrow, acc_t<S>* gU, acc_t<S>* gV, acc_t<S>* gbias,
                   CUstream_st* stream);
 
 }  // namespace recfast::cuda

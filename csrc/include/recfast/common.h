@@ -13,4 +13,17 @@
 namespace recfast {
 // Row pointers and every offset into indices/values are 64-bit: nnz may exceed 2^31.
 using offset_t = std::int64_t;
+
+// The arithmetic type for values stored as S: double for double, float otherwise (float, and on
+// CUDA __half and __nv_bfloat16, which kernels load as float and accumulate in float).
+template <typename S>
+struct acc {
+  using type = float;
+};
+template <>
+struct acc<double> {
+  using type = double;
+};
+template <typename S>
+using acc_t = typename acc<S>::type;
 }  // namespace recfast

@@ -48,8 +48,11 @@ struct CUstream_st;
 
 namespace recfast::cuda {
 
-template <typename T>
-void sparse_opt_step(SparseOpt kind, const SparseOptParams& h, T* param, T* state1, T* state2, std::int64_t d,
-                     const std::int64_t* rows, const T* grad, std::int64_t m, CUstream_st* stream);
+// Parameters stored as P: float, double, __half or __nv_bfloat16. States and gradients are acc_t<P>
+// (float32 for half parameters); each element is updated in acc_t<P> and rounded to P once.
+template <typename P>
+void sparse_opt_step(SparseOpt kind, const SparseOptParams& h, P* param, acc_t<P>* state1, acc_t<P>* state2,
+                     std::int64_t d, const std::int64_t* rows, const acc_t<P>* grad, std::int64_t m,
+                     CUstream_st* stream);
 
 }  // namespace recfast::cuda
