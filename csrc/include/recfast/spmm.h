@@ -39,7 +39,9 @@ struct CUstream_st;
 
 namespace recfast::cuda {
 
-// A warp per output row; lanes stride over the feature dimension.
+// A warp per output row (rows longer than 256 entries: a block). When d is a multiple of the
+// vector width, the warp splits into groups of lanes reading 16-byte vectors, each group summing
+// every G-th entry, and the groups' sums meet in a fixed shuffle tree (deterministic).
 template <typename I, typename T>
 void spmm(const offset_t* indptr, const I* indices, const T* values, std::int64_t n_rows, const T* dense,
           std::int64_t d, T* out, CUstream_st* stream);
