@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstring>
 #include <vector>
 
 #include "recfast/parallel.h"
@@ -97,18 +98,47 @@ inline int row_owner(std::int64_t row, std::uint64_t threads) {
   return static_cast<int>((h * threads) >> 32);
 }
 
+// Thread tid's share [lo, hi) of n elements, cut at multiples of 16 (whole cache lines of float).
+inline void share(std::int64_t n, int tid, int threads, std::int64_t* lo, std::int64_t* hi) {
+  const std::int64_t lines = (n + 15) / 16;
+  *lo = std::min(n, lines * tid / threads * 16);
+  *hi = std::min(n, lines * (tid + 1) / threads * 16);
+}
+
 template <typename T>
 void bpr_backward(const T* U, const T* V, std::int64_t d, const std::int64_t* users, const std::int64_t* pos,
-                  const std::int64_t* neg, std::int64_t B, std::int64_t K, const T* coef, const T* scale, double l2,
-                  const std::int64_t* urow, const std::int64_t* prow, const std::int64_t* nrow, T* gU, T* gV, T* gbias,
+                  const std::int64_t* neg, std::int64_t B, std::int64_t K, const T* coef, const T* scale,
+                  std::int64_t scale_stride, double l2, const std::int64_t* urow, const std::int64_t* prow,
+                  const std::int64_t* nrow, T* gU, T* gV, T* gbias, std::int64_t zero_u, std::int64_t zero_v,
                   int num_threads) {
-  const int threads = static_cast<int>(std::max<std::int64_t>(1, std::min<std::int64_t>(resolve_threads(num_threads), B)));
+  const std::int64_t zero_total = zero_u * d + (gV != gU ? zero_v * d : 0) + (gbias ? zero_v : 0);
+  // zeroing alone is worth a thread per ~64 KiB; the scatter, one per example
+  const std::int64_t work = std::max<std::int64_t>(B, zero_total / 16384);
+  const int threads =
+      static_cast<int>(std::max<std::int64_t>(1, std::min<std::int64_t>(resolve_threads(num_threads), work)));
   const T invK = T(1) / static_cast<T>(K);
   const T l2t = static_cast<T>(l2);
   const std::uint64_t nt = static_cast<std::uint64_t>(threads);
 #pragma omp parallel num_threads(threads)
   {
     const int tid = thread_id();
+    if (zero_total) {
+      // In the scatter's own region: one fork instead of a torch fill per table, and each thread
+      // zeroes a contiguous share, after which the barrier orders the zeros before every row's
+      // accumulation (rows are owned by hash, not by share).
+      std::int64_t lo, hi;
+      share(zero_u * d, tid, threads, &lo, &hi);
+      if (hi > lo) std::memset(gU + lo, 0, static_cast<std::size_t>(hi - lo) * sizeof(T));
+      if (gV != gU) {
+        share(zero_v * d, tid, threads, &lo, &hi);
+        if (hi > lo) std::memset(gV + lo, 0, static_cast<std::size_t>(hi - lo) * sizeof(T));
+      }
+      if (gbias) {
+        share(zero_v, tid, threads, &lo, &hi);
+        if (hi > lo) std::memset(gbias + lo, 0, static_cast<std::size_t>(hi - lo) * sizeof(T));
+      }
+#pragma omp barrier
+    }
     for (std::int64_t b = 0; b < B; ++b) {
       if (b + kAhead < B) {
         // the gradient rows this thread owns, and the table rows they need
@@ -135,7 +165,7 @@ void bpr_backward(const T* U, const T* V, std::int64_t d, const std::int64_t* us
       bool own_n = threads == 1;
       for (std::int64_t k = 0; k < K && !own_n; ++k) own_n = row_owner(nrow[b * K + k], nt) == tid;
       if (!own_u && !own_p && !own_n) continue;
-      const T s = scale[b];
+      const T s = scale[b * scale_stride];
       const T* u = U + users[b] * d;
       const T* vi = V + pos[b] * d;
       T csum = 0;
@@ -621,8 +651,9 @@ double bpr_sgd_epoch(float* U, float* V, float* bias, std::int64_t d, const offs
   template void bpr_forward<T>(const T*, const T*, const T*, std::int64_t, const std::int64_t*, const std::int64_t*, \
                                const std::int64_t*, std::int64_t, std::int64_t, double, T*, T*, int);                 \
   template void bpr_backward<T>(const T*, const T*, std::int64_t, const std::int64_t*, const std::int64_t*,          \
-                                const std::int64_t*, std::int64_t, std::int64_t, const T*, const T*, double,          \
-                                const std::int64_t*, const std::int64_t*, const std::int64_t*, T*, T*, T*, int);
+                                const std::int64_t*, std::int64_t, std::int64_t, const T*, const T*, std::int64_t,    \
+                                double, const std::int64_t*, const std::int64_t*, const std::int64_t*, T*, T*, T*,    \
+                                std::int64_t, std::int64_t, int);
 RF_INSTANTIATE(float)
 RF_INSTANTIATE(double)
 #undef RF_INSTANTIATE
