@@ -46,9 +46,16 @@ inline void prefetch_row(const T* p, std::int64_t d, bool write = false) {
 // softplus(-x) and sigmoid(-x) from one exponential e = exp(-|x|): softplus(-x) = max(-x, 0) +
 // log1p(e), sigmoid(-x) = e / (1 + e) for x >= 0 and 1 / (1 + e) otherwise. float for float
 // tables (single-precision libm: the double versions cost as much as the rest of the forward).
+// log1p(e) for e in [0, 1] by Kahan's trick, log(u) * e / (u - 1) with u = 1 + e (a few ulp): glibc's
+// log1pf costs several times its logf and was a third of the forward kernel.
+inline float log1p_unit(float e) {
+  const float u = 1.0f + e;
+  return u == 1.0f ? e : std::log(u) * (e / (u - 1.0f));
+}
+
 inline void neg_logsigmoid(float x, float* sp, float* sg) {
   const float e = std::exp(-std::fabs(x));
-  *sp = (x < 0.0f ? -x : 0.0f) + std::log1p(e);
+  *sp = (x < 0.0f ? -x : 0.0f) + log1p_unit(e);
   *sg = x >= 0.0f ? e / (1.0f + e) : 1.0f / (1.0f + e);
 }
 inline void neg_logsigmoid(double x, double* sp, double* sg) {
@@ -221,7 +228,9 @@ void bpr_backward(const T* U, const T* V, std::int64_t d, const std::int64_t* us
 //   stage B (p + kLagB): read them, the user's row extent and the K negative ranks; prefetch the
 //                        user's and the positive's embedding rows and the first levels of the
 //                        binary search in the user's row;
-//   stage C (p + kLagC): map each rank to its item (kth_unseen); prefetch the negatives' rows;
+//   stage B2 (p + kLagB2): the first levels of the search for each rank (kth_unseen's result, its
+//                        selects written as masked adds); prefetch the window of the row left;
+//   stage C (p + kLagC): finish the search: the negative item; prefetch the negatives' rows;
 //   stage D (p):         score and update.
 // ---------------------------------------------------------------------------------------------
 
@@ -371,8 +380,34 @@ struct SgdArgs {
   float lr, l2;
 };
 
+// kth_unseen (sampling.h) with the search written as masked adds, which cannot become branches
+// (GCC compiled kth_unseen's selects into a branch that random ranks mispredict half the time),
+// and split in two so that its memory latency overlaps other positions: search_levels runs the
+// first levels on the window [base, base + n) of the row, search_finish the rest. Same result:
+// r + the number of m with row[m] - m <= r (nondecreasing in m).
+template <typename I>
+RF_INLINE void search_levels(const I* row, std::int64_t r, int levels, std::int64_t* base, std::int64_t* n) {
+  std::int64_t b = *base, w = *n;
+  for (int l = 0; l < levels && w > 1; ++l) {
+    const std::int64_t half = w >> 1;
+    const std::int64_t m = b + half;
+    b += half & -static_cast<std::int64_t>(static_cast<std::int64_t>(row[m]) - m <= r);
+    w -= half;
+  }
+  *base = b;
+  *n = w;
+}
+
+template <typename I>
+RF_INLINE std::int64_t search_finish(const I* row, std::int64_t r, std::int64_t base, std::int64_t n) {
+  search_levels(row, r, 64, &base, &n);
+  if (n == 1) base += static_cast<std::int64_t>(static_cast<std::int64_t>(row[base]) - base <= r);
+  return r + base;
+}
+
 constexpr int kRing = 32;  // power of two > kLagA
-constexpr int kLagA = 20, kLagB = 12, kLagC = 5;
+constexpr int kLagA = 20, kLagB = 12, kLagB2 = 9, kLagC = 5;
+constexpr int kEarlyLevels = 3;  // search levels of stage B2: those stage B prefetched
 
 // Positions [lo, hi) on this thread. Adds the loss of the trained positions to *loss and their
 // number to *count; lowers *bad to a position whose user has no negative.
@@ -387,9 +422,16 @@ RF_INLINE void sgd_range(const SgdArgs<I>& a, const Src& src, std::int64_t lo, s
   const vf16 vlr = vset(-lr), vl2 = vset(l2), vl2K = vset(l2K);
   std::int64_t ring_e[kRing], ring_u[kRing], ring_i[kRing], ring_start[kRing], ring_deg[kRing];
   std::vector<std::int64_t> ring_r(static_cast<std::size_t>(kRing * K)), ring_j(static_cast<std::size_t>(kRing * K));
+  std::vector<std::int64_t> ring_n(static_cast<std::size_t>(kRing * K));  // stage B2's search windows
   std::vector<float> coef(static_cast<std::size_t>(K));
   std::vector<float> gbuf(D ? 0 : static_cast<std::size_t>(row.chunks()) * 16);
-  double total = 0.0;
+  // The loss is sum max(-x, 0) + log(prod (1 + e)) over the negatives, over K: one log per range
+  // instead of a log1pf per negative (a tenth of the step). The product is folded by frexp every
+  // kFold factors (each in (1, 2]), so it never overflows.
+  constexpr int kFold = 960;
+  double total = 0.0, prod = 1.0;
+  std::int64_t prod_exp = 0;
+  int factors = 0;
   std::int64_t done = 0;
   for (std::int64_t p = lo - kLagA; p < hi; ++p) {
     // stage A
@@ -427,6 +469,28 @@ RF_INLINE void sgd_range(const SgdArgs<I>& a, const Src& src, std::int64_t lo, s
         }
       }
     }
+    // stage B2: the search levels whose probes stage B prefetched, then prefetch the window left
+    if (const std::int64_t q = p + kLagB2; q >= lo && q < hi) {
+      const int s = static_cast<int>(q & (kRing - 1));
+      const std::int64_t deg = ring_deg[s];
+      if (a.n_items - deg >= 1) {
+        const I* r = a.indices + ring_start[s];
+        for (std::int64_t k = 0; k < K; ++k) {
+          std::int64_t base = 0, n = deg;
+          search_levels(r, ring_r[s * K + k], kEarlyLevels, &base, &n);
+          ring_j[s * K + k] = base;
+          ring_n[s * K + k] = n;
+          if (n * static_cast<std::int64_t>(sizeof(I)) <= 512) {
+            const char* w = reinterpret_cast<const char*>(r + base);
+            for (std::int64_t o = 0; o < n * static_cast<std::int64_t>(sizeof(I)) + 64; o += 64) {
+              __builtin_prefetch(w + o, 0, 3);
+            }
+          } else {
+            for (int t = 1; t < 8; ++t) __builtin_prefetch(r + base + (n * t >> 3), 0, 3);
+          }
+        }
+      }
+    }
     // stage C
     if (const std::int64_t q = p + kLagC; q >= lo && q < hi) {
       const int s = static_cast<int>(q & (kRing - 1));
@@ -434,7 +498,7 @@ RF_INLINE void sgd_range(const SgdArgs<I>& a, const Src& src, std::int64_t lo, s
       if (a.n_items - deg >= 1) {
         const I* r = a.indices + ring_start[s];
         for (std::int64_t k = 0; k < K; ++k) {
-          const std::int64_t j = kth_unseen(r, deg, ring_r[s * K + k]);
+          const std::int64_t j = search_finish(r, ring_r[s * K + k], ring_j[s * K + k], ring_n[s * K + k]);
           ring_j[s * K + k] = j;
           row.prefetch(a.V + j * d, true);
         }
@@ -457,7 +521,14 @@ RF_INLINE void sgd_range(const SgdArgs<I>& a, const Src& src, std::int64_t lo, s
       // softplus(-x) = max(-x, 0) + log1p(e), sigmoid(-x) from the same e = exp(-|x|)
       const float e = __builtin_expf(-__builtin_fabsf(x));
       const float sig = x >= 0.0f ? e / (1.0f + e) : 1.0f / (1.0f + e);
-      lsum += (x < 0.0f ? -x : 0.0f) + __builtin_log1pf(e);
+      lsum += x < 0.0f ? -x : 0.0f;
+      prod *= 1.0 + static_cast<double>(e);
+      if (++factors == kFold) {
+        int ex;
+        prod = __builtin_frexp(prod, &ex);
+        prod_exp += ex;
+        factors = 0;
+      }
       coef[k] = __builtin_fmaf(-sig, invK, 0.0f);  // not -sig * invK: csum's addition would contract it
       csum += coef[k];
     }
@@ -517,7 +588,9 @@ RF_INLINE void sgd_range(const SgdArgs<I>& a, const Src& src, std::int64_t lo, s
     }
     if (a.bias) a.bias[ring_i[s]] = __builtin_fmaf(-lr, csum, a.bias[ring_i[s]]);
   }
-  *loss += total;
+  // an explicit fma: a product feeding an addition would be contracted on FMA targets only
+  *loss += total + __builtin_fma(static_cast<double>(prod_exp), 0.69314718055994530942, __builtin_log(prod)) /
+                       static_cast<double>(K);
   *count += done;
 }
 
