@@ -9,6 +9,23 @@ using rp::carray;
 
 namespace {
 
+// "bpr_loss: users holds id 30, expected 0 <= id < 30" (the message of the Python check_range,
+// which the CPU path leaves to this scan: one pass without a torch call per id tensor).
+void check_ids(const carray<std::int64_t>& ids, std::int64_t upper, const char* name) {
+  const std::int64_t* p = ids.data();
+  const std::int64_t n = ids.size();
+  std::int64_t lo = 0, hi = 0;
+  if (n) lo = hi = p[0];
+  for (std::int64_t t = 1; t < n; ++t) {
+    lo = p[t] < lo ? p[t] : lo;
+    hi = p[t] > hi ? p[t] : hi;
+  }
+  if (n && (lo < 0 || hi >= upper)) {
+    rp::fail(std::string("bpr_loss: ") + name + " holds id " + std::to_string(lo < 0 ? lo : hi) +
+             ", expected 0 <= id < " + std::to_string(upper));
+  }
+}
+
 template <typename T>
 void forward(const carray<T>& U, const carray<T>& V, const std::optional<carray<T>>& bias,
              const carray<std::int64_t>& users, const carray<std::int64_t>& pos, const carray<std::int64_t>& neg,
@@ -20,6 +37,10 @@ void forward(const carray<T>& U, const carray<T>& V, const std::optional<carray<
   rp::require_size(pos, B, "bpr_loss", "pos_items");
   rp::require_size(loss, B, "bpr_loss", "loss");
   rp::require_size(coef, B * K, "bpr_loss", "coef");
+  if (bias) rp::require_size(*bias, V.shape(0), "bpr_loss", "item_bias");
+  check_ids(users, U.shape(0), "users");
+  check_ids(pos, V.shape(0), "pos_items");
+  check_ids(neg, V.shape(0), "neg_items");
   py::gil_scoped_release release;
   recfast::cpu::bpr_forward<T>(U.data(), V.data(), bias ? bias->data() : nullptr, U.shape(1), users.data(), pos.data(),
                                neg.data(), B, K, l2, loss.mutable_data(), coef.mutable_data(), num_threads);

@@ -237,9 +237,10 @@ class _BPRDenseCPU(torch.autograd.Function):
         gU = torch.empty_like(U, memory_format=torch.contiguous_format)
         gV = gU if V is None else torch.empty_like(V, memory_format=torch.contiguous_format)
         gbias = torch.empty(T.shape[0], dtype=U.dtype) if ctx.has_bias else None
-        _C.bpr_backward(U.detach().numpy(), T.detach().numpy(), users.numpy(), pos.numpy(), neg.numpy(),
-                        coef.numpy().reshape(-1), scale, ctx.l2, users.numpy(), pos.numpy(), neg.numpy().reshape(-1),
-                        gU.numpy(), gV.numpy(), None if gbias is None else gbias.numpy(), 0, True)
+        un, pn, nn = users.numpy(), pos.numpy(), neg.numpy()
+        _C.bpr_backward(U.detach().numpy(), T.detach().numpy(), un, pn, nn, coef.numpy().reshape(-1), scale, ctx.l2,
+                        un, pn, nn.reshape(-1), gU.numpy(), gV.numpy(), None if gbias is None else gbias.numpy(), 0,
+                        True)
         return gU, None if V is None else gV, gbias, None, None, None, None, None
 
 
@@ -281,7 +282,8 @@ class _BPRSparse(torch.autograd.Function):
 
 def _check_ids(op: str, name: str, t: torch.Tensor, upper: int, device: torch.device) -> torch.Tensor:
     check_tensor(op, name, t, dtypes=INDEX_DTYPES, device=device, contiguous=False)
-    check_range(op, name, t, upper)
+    if device.type != "cpu" or op != "bpr_loss":  # bpr_loss's CPU forward binding checks the range itself
+        check_range(op, name, t, upper)
     return t.to(torch.int64).contiguous()
 
 
