@@ -90,7 +90,9 @@ def test_gradients_identical_for_any_thread_count() -> None:
     from recfast import _C
 
     assert _C.max_threads() >= 1
-    U, V, b, u, i, j = _inputs(B=3000, n_users=50, n_items=40, d=16, K=3, dtype=torch.float32)
+    # big enough that the kernels fork (they keep batches under ~0.4 ms of work on one thread),
+    # with each row repeated hundreds of times
+    U, V, b, u, i, j = _inputs(B=20000, n_users=50, n_items=40, d=32, K=3, dtype=torch.float32)
     ref = _grads(bpr_loss(U, V, u, i, j, item_bias=b), (U, V, b))
     torch.set_num_threads(1)
     try:
