@@ -196,9 +196,10 @@ _bpr_shared_op.register_autograd(_bpr_shared_backward, setup_context=_bpr_shared
 # ---------------------------------------------------------------------------------------------
 # Eager CPU path of the dense gradient: the same kernels without the custom op's dispatch, which
 # cost more than the kernels at batch 2,048 (about 0.2 ms of Python per forward+backward). The
-# backward kernel zeroes the gradient buffers in its own parallel region (torch.empty, then one
-# fork instead of a torch fill per table), and "mean"/"sum" pass one scale instead of a (B,) one.
-# torch.compile, FakeTensor, functorch and dispatch modes take the custom ops above.
+# backward kernel zeroes the torch.empty gradient buffers itself, in the region of its scatter
+# (no torch fill and its fork per table), and "mean"/"sum" pass one scale instead of a (B,) one.
+# The ids' ranges are checked by the forward binding. torch.compile, FakeTensor, functorch and
+# dispatch modes take the custom ops above.
 # ---------------------------------------------------------------------------------------------
 
 _PLAIN = (torch.Tensor, torch.nn.Parameter)
