@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import os
+import statistics
 import time
 from pathlib import Path
 
@@ -21,7 +22,7 @@ import numpy as np
 import torch
 
 import recfast
-from _common import base_parser, print_table, record, sync, time_fn, write_results
+from _common import base_parser, print_table, record, sync, write_results
 from recfast.ops.bpr import _bpr_loss_reference
 
 def _data_dir() -> Path:
@@ -36,6 +37,30 @@ def _data_dir() -> Path:
 
 
 DATA = _data_dir()
+
+
+def _time_rounds(fns, dev, args, block: int) -> list[float]:
+    """Median wall time (ms) of each fn over ``args.repeat`` rounds of ``block`` calls.
+
+    The rounds alternate between the fns, each after one untimed call, so that a fn is timed in
+    its own steady state (its allocations recycled: interleaving single calls lets one side's
+    frees and page faults land on the other) while load that comes and goes on a shared machine
+    reaches every side alike; ``args.warmup`` untimed calls of each precede the first round.
+    """
+    for fn in fns:
+        for _ in range(args.warmup):
+            fn()
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in range(max(args.repeat, 5)):
+        for fn, ts in zip(fns, times):
+            fn()
+            for _ in range(block):
+                sync(dev)
+                t0 = time.perf_counter()
+                fn()
+                sync(dev)
+                ts.append((time.perf_counter() - t0) * 1e3)
+    return [statistics.median(ts) for ts in times]
 
 
 def bench_loss(args, records):
@@ -65,9 +90,7 @@ def bench_loss(args, records):
                 U.grad = V.grad = None
                 _bpr_loss_reference(U, V, u, i, j).backward()
 
-            rf = time_fn(fused, device=dev, repeat=args.repeat, warmup=args.warmup)
-            rs = time_fn(fused_sparse, device=dev, repeat=args.repeat, warmup=args.warmup)
-            tr = time_fn(ref, device=dev, repeat=args.repeat, warmup=args.warmup)
+            rf, rs, tr = _time_rounds((fused, fused_sparse, ref), dev, args, block=10 if B <= 4096 else 2)
             params = {"d": d, "batch": B, "n_users": n_users, "n_items": n_items}
             records.append(record("bpr_loss_fwd_bwd", "torch_autograd", dev, params, rf, tr))
             records.append(record("bpr_loss_fwd_bwd_sparse_grad", "torch_autograd", dev, params, rs, tr))

@@ -90,7 +90,9 @@ def test_gradients_identical_for_any_thread_count() -> None:
     from recfast import _C
 
     assert _C.max_threads() >= 1
-    U, V, b, u, i, j = _inputs(B=3000, n_users=50, n_items=40, d=16, K=3, dtype=torch.float32)
+    # big enough that the kernels fork (they keep batches under ~0.4 ms of work on one thread),
+    # with each row repeated hundreds of times
+    U, V, b, u, i, j = _inputs(B=20000, n_users=50, n_items=40, d=32, K=3, dtype=torch.float32)
     ref = _grads(bpr_loss(U, V, u, i, j, item_bias=b), (U, V, b))
     torch.set_num_threads(1)
     try:
@@ -99,6 +101,27 @@ def test_gradients_identical_for_any_thread_count() -> None:
         torch.set_num_threads(2)
     for a, w in zip(ref, again):
         assert torch.equal(a, w)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("shared", [False, True])
+def test_eager_path_equals_the_custom_op(reduction, shared) -> None:
+    """Eager CPU calls skip the custom op (an autograd.Function on the same kernels, gradients
+    zeroed inside the backward kernel); both give the same loss and the same dense gradients."""
+    U, V, b, u, i, j = _inputs(n_users=40, n_items=40, d=16, B=300, K=3, dtype=torch.float32)
+    E = U if shared else V
+    fast = bpr_loss(U, E, u, i, j, item_bias=b, l2=0.01, reduction=reduction)
+    if shared:
+        slow = torch.ops.recfast.bpr_loss_shared(U, b, u, i, j, 0.01, reduction)[0]
+        params = (U, b)
+    else:
+        slow = torch.ops.recfast.bpr_loss(U, V, b, u, i, j, 0.01, reduction)[0]
+        params = (U, V, b)
+    assert fast.grad_fn is not None and "BPRDenseCPU" in type(fast.grad_fn).__name__
+    torch.testing.assert_close(fast, slow, rtol=0, atol=0)
+    g = torch.rand(fast.shape) if reduction == "none" else None
+    for a, w in zip(_grads(fast, params, g), _grads(slow, params, g)):
+        torch.testing.assert_close(a, w, rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.parametrize("x", [80.0, -80.0])

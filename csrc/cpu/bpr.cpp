@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstring>
 #include <vector>
 
 #include "recfast/parallel.h"
@@ -45,9 +46,16 @@ inline void prefetch_row(const T* p, std::int64_t d, bool write = false) {
 // softplus(-x) and sigmoid(-x) from one exponential e = exp(-|x|): softplus(-x) = max(-x, 0) +
 // log1p(e), sigmoid(-x) = e / (1 + e) for x >= 0 and 1 / (1 + e) otherwise. float for float
 // tables (single-precision libm: the double versions cost as much as the rest of the forward).
+// log1p(e) for e in [0, 1] by Kahan's trick, log(u) * e / (u - 1) with u = 1 + e (a few ulp): glibc's
+// log1pf costs several times its logf and was a third of the forward kernel.
+inline float log1p_unit(float e) {
+  const float u = 1.0f + e;
+  return u == 1.0f ? e : std::log(u) * (e / (u - 1.0f));
+}
+
 inline void neg_logsigmoid(float x, float* sp, float* sg) {
   const float e = std::exp(-std::fabs(x));
-  *sp = (x < 0.0f ? -x : 0.0f) + std::log1p(e);
+  *sp = (x < 0.0f ? -x : 0.0f) + log1p_unit(e);
   *sg = x >= 0.0f ? e / (1.0f + e) : 1.0f / (1.0f + e);
 }
 inline void neg_logsigmoid(double x, double* sp, double* sg) {
@@ -56,11 +64,23 @@ inline void neg_logsigmoid(double x, double* sp, double* sg) {
   *sg = x >= 0.0 ? e / (1.0 + e) : 1.0 / (1.0 + e);
 }
 
+// Threads for `work` units (about 0.4 ns each on one core: an element of a row product, or ~10
+// zeroed floats): one per kGrain units, at most num_threads. A batch of 2,048 is ~100 us of work,
+// less than a fork and join can cost on a loaded machine (a descheduled worker holds the join for
+// a time slice: 2-thread calls measured 10-20x slower than 1-thread ones there), so small batches
+// run on the calling thread, as torch's own grain size does for small ops.
+constexpr std::int64_t kGrain = std::int64_t{1} << 20;
+
+inline int grain_threads(int num_threads, std::int64_t work) {
+  return static_cast<int>(std::max<std::int64_t>(1, std::min<std::int64_t>(resolve_threads(num_threads), work / kGrain)));
+}
+
 template <typename T>
 void bpr_forward(const T* U, const T* V, const T* bias, std::int64_t d, const std::int64_t* users,
                  const std::int64_t* pos, const std::int64_t* neg, std::int64_t B, std::int64_t K, double l2, T* loss,
                  T* coef, int num_threads) {
-#pragma omp parallel for schedule(static) num_threads(resolve_threads(num_threads))
+  const int threads = grain_threads(num_threads, B * K * (d + 32));  // + 32: the exp and log
+#pragma omp parallel for schedule(static) num_threads(threads)
   for (std::int64_t b = 0; b < B; ++b) {
     if (b + kAhead < B) {
       const std::int64_t a = b + kAhead;
@@ -97,18 +117,44 @@ inline int row_owner(std::int64_t row, std::uint64_t threads) {
   return static_cast<int>((h * threads) >> 32);
 }
 
+// Thread tid's share [lo, hi) of n elements, cut at multiples of 16 (whole cache lines of float).
+inline void share(std::int64_t n, int tid, int threads, std::int64_t* lo, std::int64_t* hi) {
+  const std::int64_t lines = (n + 15) / 16;
+  *lo = std::min(n, lines * tid / threads * 16);
+  *hi = std::min(n, lines * (tid + 1) / threads * 16);
+}
+
 template <typename T>
 void bpr_backward(const T* U, const T* V, std::int64_t d, const std::int64_t* users, const std::int64_t* pos,
-                  const std::int64_t* neg, std::int64_t B, std::int64_t K, const T* coef, const T* scale, double l2,
-                  const std::int64_t* urow, const std::int64_t* prow, const std::int64_t* nrow, T* gU, T* gV, T* gbias,
+                  const std::int64_t* neg, std::int64_t B, std::int64_t K, const T* coef, const T* scale,
+                  std::int64_t scale_stride, double l2, const std::int64_t* urow, const std::int64_t* prow,
+                  const std::int64_t* nrow, T* gU, T* gV, T* gbias, std::int64_t zero_u, std::int64_t zero_v,
                   int num_threads) {
-  const int threads = static_cast<int>(std::max<std::int64_t>(1, std::min<std::int64_t>(resolve_threads(num_threads), B)));
+  const std::int64_t zero_total = zero_u * d + (gV != gU ? zero_v * d : 0) + (gbias ? zero_v : 0);
+  const int threads = grain_threads(num_threads, B * (K + 2) * (d + 8) + zero_total / 8);
   const T invK = T(1) / static_cast<T>(K);
   const T l2t = static_cast<T>(l2);
   const std::uint64_t nt = static_cast<std::uint64_t>(threads);
 #pragma omp parallel num_threads(threads)
   {
     const int tid = thread_id();
+    if (zero_total) {
+      // In the scatter's own region: one fork instead of a torch fill per table, and each thread
+      // zeroes a contiguous share, after which the barrier orders the zeros before every row's
+      // accumulation (rows are owned by hash, not by share).
+      std::int64_t lo, hi;
+      share(zero_u * d, tid, threads, &lo, &hi);
+      if (hi > lo) std::memset(gU + lo, 0, static_cast<std::size_t>(hi - lo) * sizeof(T));
+      if (gV != gU) {
+        share(zero_v * d, tid, threads, &lo, &hi);
+        if (hi > lo) std::memset(gV + lo, 0, static_cast<std::size_t>(hi - lo) * sizeof(T));
+      }
+      if (gbias) {
+        share(zero_v, tid, threads, &lo, &hi);
+        if (hi > lo) std::memset(gbias + lo, 0, static_cast<std::size_t>(hi - lo) * sizeof(T));
+      }
+#pragma omp barrier
+    }
     for (std::int64_t b = 0; b < B; ++b) {
       if (b + kAhead < B) {
         // the gradient rows this thread owns, and the table rows they need
@@ -135,7 +181,7 @@ void bpr_backward(const T* U, const T* V, std::int64_t d, const std::int64_t* us
       bool own_n = threads == 1;
       for (std::int64_t k = 0; k < K && !own_n; ++k) own_n = row_owner(nrow[b * K + k], nt) == tid;
       if (!own_u && !own_p && !own_n) continue;
-      const T s = scale[b];
+      const T s = scale[b * scale_stride];
       const T* u = U + users[b] * d;
       const T* vi = V + pos[b] * d;
       T csum = 0;
@@ -191,7 +237,9 @@ void bpr_backward(const T* U, const T* V, std::int64_t d, const std::int64_t* us
 //   stage B (p + kLagB): read them, the user's row extent and the K negative ranks; prefetch the
 //                        user's and the positive's embedding rows and the first levels of the
 //                        binary search in the user's row;
-//   stage C (p + kLagC): map each rank to its item (kth_unseen); prefetch the negatives' rows;
+//   stage B2 (p + kLagB2): the first levels of the search for each rank (kth_unseen's result, its
+//                        selects written as masked adds); prefetch the window of the row left;
+//   stage C (p + kLagC): finish the search: the negative item; prefetch the negatives' rows;
 //   stage D (p):         score and update.
 // ---------------------------------------------------------------------------------------------
 
@@ -341,8 +389,34 @@ struct SgdArgs {
   float lr, l2;
 };
 
+// kth_unseen (sampling.h) with the search written as masked adds, which cannot become branches
+// (GCC compiled kth_unseen's selects into a branch that random ranks mispredict half the time),
+// and split in two so that its memory latency overlaps other positions: search_levels runs the
+// first levels on the window [base, base + n) of the row, search_finish the rest. Same result:
+// r + the number of m with row[m] - m <= r (nondecreasing in m).
+template <typename I>
+RF_INLINE void search_levels(const I* row, std::int64_t r, int levels, std::int64_t* base, std::int64_t* n) {
+  std::int64_t b = *base, w = *n;
+  for (int l = 0; l < levels && w > 1; ++l) {
+    const std::int64_t half = w >> 1;
+    const std::int64_t m = b + half;
+    b += half & -static_cast<std::int64_t>(static_cast<std::int64_t>(row[m]) - m <= r);
+    w -= half;
+  }
+  *base = b;
+  *n = w;
+}
+
+template <typename I>
+RF_INLINE std::int64_t search_finish(const I* row, std::int64_t r, std::int64_t base, std::int64_t n) {
+  search_levels(row, r, 64, &base, &n);
+  if (n == 1) base += static_cast<std::int64_t>(static_cast<std::int64_t>(row[base]) - base <= r);
+  return r + base;
+}
+
 constexpr int kRing = 32;  // power of two > kLagA
-constexpr int kLagA = 20, kLagB = 12, kLagC = 5;
+constexpr int kLagA = 20, kLagB = 12, kLagB2 = 9, kLagC = 5;
+constexpr int kEarlyLevels = 3;  // search levels of stage B2: those stage B prefetched
 
 // Positions [lo, hi) on this thread. Adds the loss of the trained positions to *loss and their
 // number to *count; lowers *bad to a position whose user has no negative.
@@ -357,9 +431,16 @@ RF_INLINE void sgd_range(const SgdArgs<I>& a, const Src& src, std::int64_t lo, s
   const vf16 vlr = vset(-lr), vl2 = vset(l2), vl2K = vset(l2K);
   std::int64_t ring_e[kRing], ring_u[kRing], ring_i[kRing], ring_start[kRing], ring_deg[kRing];
   std::vector<std::int64_t> ring_r(static_cast<std::size_t>(kRing * K)), ring_j(static_cast<std::size_t>(kRing * K));
+  std::vector<std::int64_t> ring_n(static_cast<std::size_t>(kRing * K));  // stage B2's search windows
   std::vector<float> coef(static_cast<std::size_t>(K));
   std::vector<float> gbuf(D ? 0 : static_cast<std::size_t>(row.chunks()) * 16);
-  double total = 0.0;
+  // The loss is sum max(-x, 0) + log(prod (1 + e)) over the negatives, over K: one log per range
+  // instead of a log1pf per negative (a tenth of the step). The product is folded by frexp every
+  // kFold factors (each in (1, 2]), so it never overflows.
+  constexpr int kFold = 960;
+  double total = 0.0, prod = 1.0;
+  std::int64_t prod_exp = 0;
+  int factors = 0;
   std::int64_t done = 0;
   for (std::int64_t p = lo - kLagA; p < hi; ++p) {
     // stage A
@@ -397,6 +478,28 @@ RF_INLINE void sgd_range(const SgdArgs<I>& a, const Src& src, std::int64_t lo, s
         }
       }
     }
+    // stage B2: the search levels whose probes stage B prefetched, then prefetch the window left
+    if (const std::int64_t q = p + kLagB2; q >= lo && q < hi) {
+      const int s = static_cast<int>(q & (kRing - 1));
+      const std::int64_t deg = ring_deg[s];
+      if (a.n_items - deg >= 1) {
+        const I* r = a.indices + ring_start[s];
+        for (std::int64_t k = 0; k < K; ++k) {
+          std::int64_t base = 0, n = deg;
+          search_levels(r, ring_r[s * K + k], kEarlyLevels, &base, &n);
+          ring_j[s * K + k] = base;
+          ring_n[s * K + k] = n;
+          if (n * static_cast<std::int64_t>(sizeof(I)) <= 512) {
+            const char* w = reinterpret_cast<const char*>(r + base);
+            for (std::int64_t o = 0; o < n * static_cast<std::int64_t>(sizeof(I)) + 64; o += 64) {
+              __builtin_prefetch(w + o, 0, 3);
+            }
+          } else {
+            for (int t = 1; t < 8; ++t) __builtin_prefetch(r + base + (n * t >> 3), 0, 3);
+          }
+        }
+      }
+    }
     // stage C
     if (const std::int64_t q = p + kLagC; q >= lo && q < hi) {
       const int s = static_cast<int>(q & (kRing - 1));
@@ -404,7 +507,7 @@ RF_INLINE void sgd_range(const SgdArgs<I>& a, const Src& src, std::int64_t lo, s
       if (a.n_items - deg >= 1) {
         const I* r = a.indices + ring_start[s];
         for (std::int64_t k = 0; k < K; ++k) {
-          const std::int64_t j = kth_unseen(r, deg, ring_r[s * K + k]);
+          const std::int64_t j = search_finish(r, ring_r[s * K + k], ring_j[s * K + k], ring_n[s * K + k]);
           ring_j[s * K + k] = j;
           row.prefetch(a.V + j * d, true);
         }
@@ -427,7 +530,14 @@ RF_INLINE void sgd_range(const SgdArgs<I>& a, const Src& src, std::int64_t lo, s
       // softplus(-x) = max(-x, 0) + log1p(e), sigmoid(-x) from the same e = exp(-|x|)
       const float e = __builtin_expf(-__builtin_fabsf(x));
       const float sig = x >= 0.0f ? e / (1.0f + e) : 1.0f / (1.0f + e);
-      lsum += (x < 0.0f ? -x : 0.0f) + __builtin_log1pf(e);
+      lsum += x < 0.0f ? -x : 0.0f;
+      prod *= 1.0 + static_cast<double>(e);
+      if (++factors == kFold) {
+        int ex;
+        prod = __builtin_frexp(prod, &ex);
+        prod_exp += ex;
+        factors = 0;
+      }
       coef[k] = __builtin_fmaf(-sig, invK, 0.0f);  // not -sig * invK: csum's addition would contract it
       csum += coef[k];
     }
@@ -487,7 +597,9 @@ RF_INLINE void sgd_range(const SgdArgs<I>& a, const Src& src, std::int64_t lo, s
     }
     if (a.bias) a.bias[ring_i[s]] = __builtin_fmaf(-lr, csum, a.bias[ring_i[s]]);
   }
-  *loss += total;
+  // an explicit fma: a product feeding an addition would be contracted on FMA targets only
+  *loss += total + __builtin_fma(static_cast<double>(prod_exp), 0.69314718055994530942, __builtin_log(prod)) /
+                       static_cast<double>(K);
   *count += done;
 }
 
@@ -621,8 +733,9 @@ double bpr_sgd_epoch(float* U, float* V, float* bias, std::int64_t d, const offs
   template void bpr_forward<T>(const T*, const T*, const T*, std::int64_t, const std::int64_t*, const std::int64_t*, \
                                const std::int64_t*, std::int64_t, std::int64_t, double, T*, T*, int);                 \
   template void bpr_backward<T>(const T*, const T*, std::int64_t, const std::int64_t*, const std::int64_t*,          \
-                                const std::int64_t*, std::int64_t, std::int64_t, const T*, const T*, double,          \
-                                const std::int64_t*, const std::int64_t*, const std::int64_t*, T*, T*, T*, int);
+                                const std::int64_t*, std::int64_t, std::int64_t, const T*, const T*, std::int64_t,    \
+                                double, const std::int64_t*, const std::int64_t*, const std::int64_t*, T*, T*, T*,    \
+                                std::int64_t, std::int64_t, int);
 RF_INSTANTIATE(float)
 RF_INSTANTIATE(double)
 #undef RF_INSTANTIATE

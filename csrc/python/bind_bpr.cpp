@@ -9,6 +9,23 @@ using rp::carray;
 
 namespace {
 
+// "bpr_loss: users holds id 30, expected 0 <= id < 30" (the message of the Python check_range,
+// which the CPU path leaves to this scan: one pass without a torch call per id tensor).
+void check_ids(const carray<std::int64_t>& ids, std::int64_t upper, const char* name) {
+  const std::int64_t* p = ids.data();
+  const std::int64_t n = ids.size();
+  std::int64_t lo = 0, hi = 0;
+  if (n) lo = hi = p[0];
+  for (std::int64_t t = 1; t < n; ++t) {
+    lo = p[t] < lo ? p[t] : lo;
+    hi = p[t] > hi ? p[t] : hi;
+  }
+  if (n && (lo < 0 || hi >= upper)) {
+    rp::fail(std::string("bpr_loss: ") + name + " holds id " + std::to_string(lo < 0 ? lo : hi) +
+             ", expected 0 <= id < " + std::to_string(upper));
+  }
+}
+
 template <typename T>
 void forward(const carray<T>& U, const carray<T>& V, const std::optional<carray<T>>& bias,
              const carray<std::int64_t>& users, const carray<std::int64_t>& pos, const carray<std::int64_t>& neg,
@@ -20,6 +37,10 @@ void forward(const carray<T>& U, const carray<T>& V, const std::optional<carray<
   rp::require_size(pos, B, "bpr_loss", "pos_items");
   rp::require_size(loss, B, "bpr_loss", "loss");
   rp::require_size(coef, B * K, "bpr_loss", "coef");
+  if (bias) rp::require_size(*bias, V.shape(0), "bpr_loss", "item_bias");
+  check_ids(users, U.shape(0), "users");
+  check_ids(pos, V.shape(0), "pos_items");
+  check_ids(neg, V.shape(0), "neg_items");
   py::gil_scoped_release release;
   recfast::cpu::bpr_forward<T>(U.data(), V.data(), bias ? bias->data() : nullptr, U.shape(1), users.data(), pos.data(),
                                neg.data(), B, K, l2, loss.mutable_data(), coef.mutable_data(), num_threads);
@@ -30,16 +51,24 @@ void backward(const carray<T>& U, const carray<T>& V, const carray<std::int64_t>
               const carray<std::int64_t>& pos, const carray<std::int64_t>& neg, const carray<T>& coef,
               const carray<T>& scale, double l2, const carray<std::int64_t>& urow, const carray<std::int64_t>& prow,
               const carray<std::int64_t>& nrow, carray<T>& gU, carray<T>& gV, std::optional<carray<T>>& gbias,
-              int num_threads) {
+              int num_threads, bool zero) {
   const std::int64_t B = users.size();
   const std::int64_t K = B ? neg.size() / B : 1;
   rp::require_size(coef, B * K, "bpr_loss", "coef");
-  rp::require_size(scale, B, "bpr_loss", "scale");
-  rp::require(gU.ndim() == 2 && gV.ndim() == 2, "bpr_loss: gradients must be 2-D");
+  // one scale per example, or one for the batch (the "mean" and "sum" reductions)
+  if (scale.ndim() != 1 || (scale.size() != B && scale.size() != 1)) {
+    rp::fail("bpr_loss: scale has " + std::to_string(scale.size()) + " entries, expected 1 or B = " + std::to_string(B));
+  }
+  rp::require(gU.ndim() == 2 && gV.ndim() == 2 && gU.shape(1) == U.shape(1) && gV.shape(1) == U.shape(1),
+              "bpr_loss: gradients must be 2-D of the tables' width");
+  if (gbias) rp::require_size(*gbias, gV.shape(0), "bpr_loss", "grad_bias");
+  const bool shared = gU.data() == gV.data();
+  rp::require(!shared || gU.shape(0) == gV.shape(0), "bpr_loss: a shared gradient must be one table");
   py::gil_scoped_release release;
   recfast::cpu::bpr_backward<T>(U.data(), V.data(), U.shape(1), users.data(), pos.data(), neg.data(), B, K, coef.data(),
-                                scale.data(), l2, urow.data(), prow.data(), nrow.data(), gU.mutable_data(),
-                                gV.mutable_data(), gbias ? gbias->mutable_data() : nullptr, num_threads);
+                                scale.data(), scale.size() == B ? 1 : 0, l2, urow.data(), prow.data(), nrow.data(),
+                                gU.mutable_data(), gV.mutable_data(), gbias ? gbias->mutable_data() : nullptr,
+                                zero ? gU.shape(0) : 0, zero ? gV.shape(0) : 0, num_threads);
 }
 
 void check_sgd_tables(const carray<float>& U, const carray<float>& V, const std::optional<carray<float>>& bias,
@@ -127,7 +156,8 @@ void bind_float(py::module_& m) {
         py::arg("users").noconvert(), py::arg("pos").noconvert(), py::arg("neg").noconvert(),
         py::arg("coef").noconvert(), py::arg("scale").noconvert(), py::arg("l2"), py::arg("urow").noconvert(),
         py::arg("prow").noconvert(), py::arg("nrow").noconvert(), py::arg("grad_user").noconvert(),
-        py::arg("grad_item").noconvert(), py::arg("grad_bias").noconvert().none(true), py::arg("num_threads"));
+        py::arg("grad_item").noconvert(), py::arg("grad_bias").noconvert().none(true), py::arg("num_threads"),
+        py::arg("zero") = false);
 }
 
 }  // namespace

@@ -80,14 +80,18 @@ void bpr_forward(const T* U, const T* V, const T* bias, std::int64_t d, const st
                  const std::int64_t* pos, const std::int64_t* neg, std::int64_t B, std::int64_t K, double l2, T* loss,
                  T* coef, int num_threads);
 
-// Accumulates scale[b] * d loss_b into gU[urow[b]], gV[prow[b]], gV[nrow[b*K+k]] (and gbias at the
-// same item rows when gbias is given). Rows are owned by thread (a hash of the row): each output row is
-// accumulated by one thread in batch order, so repeated rows lose nothing and the result does not
-// depend on the thread count.
+// Accumulates scale[b * scale_stride] * d loss_b (scale_stride 0: one scale for the batch) into
+// gU[urow[b]], gV[prow[b]], gV[nrow[b*K+k]] (and gbias at the same item rows when gbias is given).
+// Rows are owned by thread (a hash of the row): each output row is accumulated by one thread in batch
+// order, so repeated rows lose nothing and the result does not depend on the thread count.
+// zero_u, zero_v > 0: the first zero_u rows of gU, zero_v rows of gV and zero_v entries of gbias
+// are zeroed first, in the same parallel region (a dense gradient from uninitialised buffers;
+// gV == gU, the shared-table form, is zeroed once).
 template <typename T>
 void bpr_backward(const T* U, const T* V, std::int64_t d, const std::int64_t* users, const std::int64_t* pos,
-                  const std::int64_t* neg, std::int64_t B, std::int64_t K, const T* coef, const T* scale, double l2,
-                  const std::int64_t* urow, const std::int64_t* prow, const std::int64_t* nrow, T* gU, T* gV, T* gbias,
+                  const std::int64_t* neg, std::int64_t B, std::int64_t K, const T* coef, const T* scale,
+                  std::int64_t scale_stride, double l2, const std::int64_t* urow, const std::int64_t* prow,
+                  const std::int64_t* nrow, T* gU, T* gV, T* gbias, std::int64_t zero_u, std::int64_t zero_v,
                   int num_threads);
 
 // Instruction sets of the fused SGD kernels, chosen at run time (the build is not -march=native).
