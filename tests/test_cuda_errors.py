@@ -167,10 +167,14 @@ def test_bpr_loss_forward_and_backward(monkeypatch, make, sparse_grad):
     import recfast.ops.bpr as bpr
 
     msg = OOM if make is torch.OutOfMemoryError else FAULT
+    # CPU inputs stand in for CUDA ones here: route them through the path CUDA tables take
+    # (the custom op and _forward/_backward), not the eager CPU shortcut.
+    monkeypatch.setattr(bpr, "_plain_eager_cpu", lambda *a: False)
     monkeypatch.setattr(bpr, "_forward", _raise(make(msg)))
     with pytest.raises(make, match=r"^recfast\.ops\.bpr_loss \(CUDA\): "):
         recfast.ops.bpr_loss(*_bpr_inputs(), sparse_grad=sparse_grad)
     monkeypatch.undo()
+    monkeypatch.setattr(bpr, "_plain_eager_cpu", lambda *a: False)
     monkeypatch.setattr(bpr, "_backward", _raise(make(msg)))
     loss = recfast.ops.bpr_loss(*_bpr_inputs(), sparse_grad=sparse_grad)
     with pytest.raises(make, match=r"^recfast\.ops\.bpr_loss \(CUDA\): "):  # raised by autograd, later
@@ -180,6 +184,7 @@ def test_bpr_loss_forward_and_backward(monkeypatch, make, sparse_grad):
 def test_bpr_loss_shared_table_backward(monkeypatch):
     import recfast.ops.bpr as bpr
 
+    monkeypatch.setattr(bpr, "_plain_eager_cpu", lambda *a: False)
     e = torch.randn(10, 4, requires_grad=True)
     loss = recfast.ops.bpr_loss(e, e, torch.tensor([0, 1]), torch.tensor([5, 6]), torch.tensor([7, 8]))
     monkeypatch.setattr(bpr, "_backward", _raise(torch.OutOfMemoryError(OOM)))
@@ -262,8 +267,10 @@ def test_launch_check_names_the_kernel():
     assert str(info.value).startswith("recfast.ops.bpr_loss (CUDA): launch of bpr_forward_kernel")
     with pytest.raises(RuntimeError, match=r"launch of bpr_backward_kernel: CUDA error"):
         mod.bpr_backward(0, 0, 8, 0, 0, 0, 1, 1, 0, 0, 0.0, 0, 0, 0, 0, 0, 0, "bfloat16", 0)
-    with pytest.raises(RuntimeError, match=r"launch of spmm_kernel: CUDA error"):
+    with pytest.raises(RuntimeError, match=r"launch of spmm_vec_kernel: CUDA error"):  # d % 4 == 0: float4 loads
         mod.spmm(0, 0, False, 0, 1, 0, 4, 0, False, 0)
+    with pytest.raises(RuntimeError, match=r"launch of spmm_kernel: CUDA error"):
+        mod.spmm(0, 0, False, 0, 1, 0, 3, 0, False, 0)
     with pytest.raises(RuntimeError, match=r"launch of sample_with_replacement_kernel: CUDA error"):
         mod.sample_negatives(0, 0, False, 5, 0, 1, 1, 0, 0, True, 0, 0, 0, 0, 0)
     with pytest.raises(RuntimeError, match=r"launch of sparse_opt_kernel: CUDA error"):
