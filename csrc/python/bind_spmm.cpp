@@ -14,18 +14,20 @@ using rp::carray;
 
 namespace {
 
-// Outputs and layer buffers are fresh torch.empty allocations (untouched pages): asking for
-// transparent huge pages before the kernel's first write turns 512 faults per MiB into 1 per 2 MiB
-// (a fresh 512 MiB output faulted on 4 KiB pages cost ~0.4 s, the kernel's whole time), and the
-// next layer's random row gathers from these buffers then miss the TLB far less. Only the 2 MiB-
-// aligned interior of a buffer of at least 4 MiB is advised, so neighbouring allocations never
-// change; pages already touched stay as they are. A hint: failure (no THP, old kernel) is ignored.
+// Outputs and layer buffers are fresh torch.empty allocations: asking for transparent huge pages
+// before the kernel's first write turns 512 page faults per MiB into 1 per 2 MiB (a fresh 512 MiB
+// output faulted on 4 KiB pages cost 0.3-0.5 s in a VM, more than the large graph's whole layer),
+// and the next layer's random row gathers from these buffers miss the TLB less. Only buffers of at
+// least 32 MiB are advised: glibc serves those with a fresh mmap, so their pages are untouched
+// here; smaller ones come from its reused heap, where the hint would only split the mapping. Only
+// the 2 MiB-aligned interior is advised, so neighbouring allocations never change. A hint:
+// failure (THP off, an old kernel) is ignored.
 template <typename T>
 void advise_huge_pages(carray<T>& a) {
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
   constexpr std::uintptr_t kHuge = std::uintptr_t{2} << 20;
   const std::uintptr_t bytes = static_cast<std::uintptr_t>(a.size()) * sizeof(T);
-  if (bytes < 2 * kHuge) return;
+  if (bytes < 16 * kHuge) return;
   const std::uintptr_t begin = reinterpret_cast<std::uintptr_t>(a.mutable_data());
   const std::uintptr_t lo = (begin + kHuge - 1) & ~(kHuge - 1), hi = (begin + bytes) & ~(kHuge - 1);
   if (lo < hi) madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_HUGEPAGE);
