@@ -8,6 +8,15 @@ Compulsory bytes of one SpMM (n rows, nnz entries, width d, 4-byte floats and in
 indptr 8(n+1) + indices 4 nnz + values 4 nnz + dense input 4 n d + output 4 n d.
 
   python benchmarks/bench_propagation.py [--device cuda] [--large] [--quick] [--compare-build PATH]
+                                        [--cache DIR]
+
+--cache keeps each synthetic graph (the train matrix and its normalized adjacency) as an .npz in
+DIR and loads it on later runs (the large graph takes minutes to generate).
+
+THP_MEM_ALLOC_ENABLE=1 in the environment makes torch's CPU allocator ask for transparent huge
+pages, for every contender's tensors alike (the dense input included: with 4 KiB pages nearly every
+random row gather of the large graph misses the TLB). It is recorded in the JSON env as "thp".
+recfast's own outputs and layer buffers ask for huge pages either way.
 
 --compare-build loads another build's recfast._C (a _C*.so, or a folder holding one: e.g. main's
 build) and times its spmm and 3-layer lightgcn_propagate kernels against this build's, interleaved
@@ -17,6 +26,7 @@ call by call in this process (A/B on a shared machine), baseline "build:<path>".
 from __future__ import annotations
 
 import importlib.util
+import os
 import statistics
 import time
 import warnings
@@ -107,11 +117,30 @@ def compare_builds(other, adj, x, params: dict, args) -> list[dict]:
     return out
 
 
+def build_graph(name: str, nu: int, ni: int, nnz: int, seed: int, cache: Path | None):
+    """The synthetic train matrix and its symmetric normalized adjacency, from DIR/name.npz when cached."""
+    f = None if cache is None else cache / f"propagation_{name}_{nu}_{ni}_{nnz}_seed{seed}.npz"
+    if f is not None and f.exists():
+        z = np.load(f)
+        train = recfast.CSR(torch.from_numpy(z["indptr"]), torch.from_numpy(z["indices"]), (nu, ni), check=False)
+        adj = recfast.CSR(torch.from_numpy(z["a_indptr"]), torch.from_numpy(z["a_indices"]), (nu + ni, nu + ni),
+                          torch.from_numpy(z["a_values"]), check=False, symmetric=True)
+        return train, adj
+    train = recfast.data.synthetic(nu, ni, nnz, seed=seed).to_csr()
+    adj = recfast.graph.normalized_adjacency(train)
+    if f is not None:
+        f.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(f, indptr=train.indptr.numpy(), indices=train.indices.numpy(), a_indptr=adj.indptr.numpy(),
+                 a_indices=adj.indices.numpy(), a_values=adj.values.numpy())
+    return train, adj
+
+
 def main() -> None:
     p = base_parser(__doc__, "propagation")
     p.add_argument("--large", action="store_true", help="also ~2M nodes / 100M nonzeros")
     p.add_argument("--d", type=int, default=64)
     p.add_argument("--compare-build", default=None, help="another build's _C*.so (or its folder), CPU only")
+    p.add_argument("--cache", type=Path, default=None, help="keep the synthetic graphs as .npz in this folder")
     args = p.parse_args()
     dev, d = args.device, args.d
     other = load_build(args.compare_build) if args.compare_build and dev == "cpu" else None
@@ -119,12 +148,13 @@ def main() -> None:
     if args.large:
         graphs.append(("large", 1_200_000, 800_000, 50_000_000))
     bw = copy_bandwidth(dev)
-    print(f"copy bandwidth (read + write) on {dev}: {bw:.1f} GB/s")
+    thp = os.environ.get("THP_MEM_ALLOC_ENABLE", "0") not in ("", "0")
+    print(f"copy bandwidth (read + write) on {dev}: {bw:.1f} GB/s; torch huge pages (THP_MEM_ALLOC_ENABLE): {thp}")
     records = []
     for name, nu, ni, nnz in graphs:
         t0 = time.perf_counter()
-        train = recfast.data.synthetic(nu, ni, nnz, seed=args.seed).to_csr()
-        adj = recfast.graph.normalized_adjacency(train).to(dev)
+        train, adj = build_graph(name, nu, ni, nnz, args.seed, args.cache)
+        adj = adj.to(dev)
         n = adj.n_rows
         print(f"[{name}] {adj} built in {time.perf_counter() - t0:.1f}s")
         g = torch.Generator().manual_seed(args.seed)
@@ -132,7 +162,7 @@ def main() -> None:
         ref = torch.sparse_csr_tensor(adj.indptr, adj.indices.long(), adj.values, adj.shape)
         out = recfast.ops.spmm(adj, x)
         assert torch.allclose(out, ref @ x, rtol=1e-4, atol=1e-5), "spmm disagrees with torch.sparse"
-        params = {"graph": name, "nodes": n, "nnz": adj.nnz, "d": d}
+        params = {"graph": name, "nodes": n, "nnz": adj.nnz, "d": d, "thp": thp}
         rf = time_fn(lambda: recfast.ops.spmm(adj, x), device=dev, repeat=args.repeat, warmup=args.warmup)
         comp = 8 * (n + 1) + 8 * adj.nnz + 2 * 4 * n * d
         gbs = comp / (rf / 1e3) / 1e9

@@ -252,6 +252,21 @@ def test_lightgcn_writes_only_the_buffers_it_needs(layers) -> None:
     assert np.isnan(buf_b).all() == (layers < 3)
 
 
+def test_huge_page_hint_on_large_outputs_keeps_results() -> None:
+    # Outputs and layer buffers of 32 MiB or more are advised for huge pages before the first
+    # write (an unaligned head and tail stay on small pages): the values must not care.
+    n, d = 140_000, 64  # 35.8 MB per (n, d) float32 buffer
+    rng = np.random.default_rng(5)
+    rows = np.repeat(np.arange(n), 2)
+    cols = rng.integers(0, n, 2 * n)
+    a = recfast.CSR.from_coo(torch.from_numpy(rows), torch.from_numpy(cols), torch.ones(2 * n), shape=(n, n))
+    x = torch.from_numpy(rng.standard_normal((n, d)).astype(np.float32))
+    want = torch.from_numpy((a.to_scipy() @ x.numpy()).astype(np.float32))
+    torch.testing.assert_close(spmm(a, x), want, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(lightgcn_propagate(a, x, 3, layer_weights=[0.0, 0.0, 0.0, 1.0]),
+                               torch.from_numpy(a.to_scipy() @ (a.to_scipy() @ want.numpy())), rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("case", ["empty_matrix", "empty_rows", "single_row", "zero_width"])
 def test_adversarial(case) -> None:
     if case == "empty_matrix":
