@@ -360,3 +360,29 @@ def test_cuda_matches_cpu_on_a_side_stream() -> None:
     s.synchronize()
     torch.testing.assert_close(got.cpu(), want, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(half.float().cpu(), spmm(adj, e.half().float()), rtol=1e-2, atol=1e-2)
+
+
+@requires_cuda
+@pytest.mark.parametrize("d", [1, 2, 4, 8, 12, 64, 100, 256])
+@pytest.mark.parametrize("valued", [True, False])
+def test_cuda_spmm_rows_of_every_length(d, valued) -> None:
+    # Row lengths 0..600 cross the kernels' boundaries: one 32-entry chunk of indices, several,
+    # and the block-per-row kernel past 256 entries; d picks the vector kernels' lane groups, and
+    # d = 1 or 2 (not a multiple of 4) or the misaligned view below takes the scalar kernel.
+    rng = np.random.default_rng(d)
+    lengths = np.concatenate([np.arange(0, 70), [255, 256, 257, 300, 600]])
+    n_cols = 700
+    rows = np.repeat(np.arange(lengths.size), lengths)
+    cols = np.concatenate([np.sort(rng.choice(n_cols, n, replace=False)) for n in lengths])
+    vals = torch.from_numpy(rng.random(rows.size).astype(np.float32)) if valued else None
+    a = recfast.CSR.from_coo(torch.from_numpy(rows), torch.from_numpy(cols), vals, shape=(lengths.size, n_cols))
+    x = torch.randn(n_cols, d + 1, generator=torch.Generator().manual_seed(d))
+    ac = a.to("cuda")
+    flat = x.cuda().flatten()
+    # an aligned table, and one starting 4 bytes into its storage (no 16-byte vector loads)
+    for dense in (flat[: n_cols * d].view(n_cols, d), flat[1 : 1 + n_cols * d].view(n_cols, d)):
+        got = spmm(ac, dense)
+        torch.testing.assert_close(got.cpu().double(), _dense_ref(a, dense), rtol=1e-5, atol=1e-5)
+        assert torch.equal(got, spmm(ac, dense))  # a fixed summation order: the same bits every run
+    x64 = x[:, :d].double()
+    torch.testing.assert_close(spmm(ac, x64.cuda()).cpu(), _dense_ref(a, x64), rtol=1e-12, atol=1e-12)
