@@ -414,6 +414,18 @@ RF_INLINE std::int64_t search_finish(const I* row, std::int64_t r, std::int64_t 
   return r + base;
 }
 
+// Ask for the row ids a search will read: a range of up to `whole` bytes is fetched line by line
+// (one line past it, for a range that does not start on a line), a longer one at seven probes.
+template <typename I>
+RF_INLINE void prefetch_ids(const I* r, std::int64_t n, std::int64_t whole) {
+  const std::int64_t bytes = n * static_cast<std::int64_t>(sizeof(I));
+  if (bytes <= whole) {
+    for (std::int64_t o = 0; o < bytes + 64; o += 64) __builtin_prefetch(reinterpret_cast<const char*>(r) + o, 0, 3);
+  } else {
+    for (int t = 1; t < 8; ++t) __builtin_prefetch(r + (n * t >> 3), 0, 3);
+  }
+}
+
 constexpr int kRing = 32;  // power of two > kLagA
 constexpr int kLagA = 20, kLagB = 12, kLagB2 = 9, kLagC = 5;
 constexpr int kEarlyLevels = 3;  // search levels of stage B2: those stage B prefetched
@@ -468,14 +480,7 @@ RF_INLINE void sgd_range(const SgdArgs<I>& a, const Src& src, std::int64_t lo, s
           ring_r[s * K + k] = static_cast<std::int64_t>(
               rng_below(rng_bits(key, static_cast<std::uint64_t>(k)), static_cast<std::uint64_t>(a.n_items - deg)));
         }
-        const I* r = a.indices + start;
-        if (deg * static_cast<std::int64_t>(sizeof(I)) <= 256) {
-          for (std::int64_t o = 0; o < deg * static_cast<std::int64_t>(sizeof(I)); o += 64) {
-            __builtin_prefetch(reinterpret_cast<const char*>(r) + o, 0, 3);
-          }
-        } else {
-          for (int t = 1; t < 8; ++t) __builtin_prefetch(r + (deg * t >> 3), 0, 3);
-        }
+        prefetch_ids(a.indices + start, deg, 256);
       }
     }
     // stage B2: the search levels whose probes stage B prefetched, then prefetch the window left
@@ -489,14 +494,7 @@ RF_INLINE void sgd_range(const SgdArgs<I>& a, const Src& src, std::int64_t lo, s
           search_levels(r, ring_r[s * K + k], kEarlyLevels, &base, &n);
           ring_j[s * K + k] = base;
           ring_n[s * K + k] = n;
-          if (n * static_cast<std::int64_t>(sizeof(I)) <= 512) {
-            const char* w = reinterpret_cast<const char*>(r + base);
-            for (std::int64_t o = 0; o < n * static_cast<std::int64_t>(sizeof(I)) + 64; o += 64) {
-              __builtin_prefetch(w + o, 0, 3);
-            }
-          } else {
-            for (int t = 1; t < 8; ++t) __builtin_prefetch(r + base + (n * t >> 3), 0, 3);
-          }
+          prefetch_ids(r + base, n, 512);
         }
       }
     }
