@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
 import warnings
+import weakref
 from types import ModuleType, TracebackType
 from typing import Any, Callable, Iterable, TypeVar
 
@@ -281,3 +283,62 @@ def check_threads(op: str, num_threads: Any) -> int:
     if not 0 <= n <= MAX_THREADS:
         raise ValueError(f"{op}: num_threads must be in [0, {MAX_THREADS}] (0 or None: OpenMP's default), got {n}")
     return n
+
+
+_POOL_DTYPES = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64)}
+
+
+class _BufferPool:
+    """Recycled CPU memory for the dense gradient tables the backward kernels fill.
+
+    A gradient the size of an embedding table is allocated on every backward call and freed when
+    the optimizer drops ``.grad``. glibc hands memory of that size back to the OS on free (tables
+    above its mmap threshold are unmapped, smaller ones trimmed off the heap top), so the next call
+    faults every page in again: at batch 2,048 that costs more than the kernel's work. Here a
+    freed buffer returns to the pool instead, when the last tensor viewing it dies (a weakref
+    finalizer on the numpy view the tensor holds), and the next request of the same size takes it.
+    Buffers under ``min_bytes`` are left to malloc; the pool keeps at most ``max_bytes``
+    (``RECFAST_BUFFER_POOL=0`` turns it off, ``clear()`` empties it).
+    """
+
+    def __init__(self, min_bytes: int = 1 << 20, max_bytes: int = 1 << 30) -> None:
+        self.min_bytes, self.max_bytes = min_bytes, max_bytes
+        self._free: dict[int, list[np.ndarray]] = {}
+        self._held = 0
+        self._lock = threading.Lock()
+
+    def empty(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        """An uninitialised contiguous CPU tensor; the kernels that take it write every element."""
+        np_dtype = _POOL_DTYPES.get(dtype)
+        nbytes = int(np.prod(shape, dtype=np.int64)) * (np_dtype.itemsize if np_dtype is not None else 0)
+        if nbytes < self.min_bytes or os.environ.get("RECFAST_BUFFER_POOL", "1") == "0":
+            return torch.empty(shape, dtype=dtype)
+        with self._lock:
+            free = self._free.get(nbytes)
+            raw = free.pop() if free else None
+            if raw is not None:
+                self._held -= nbytes
+        if raw is None:
+            raw = np.empty(nbytes, dtype=np.uint8)
+        view = raw.view(np_dtype).reshape(shape)
+        weakref.finalize(view, self._give_back, raw)
+        return torch.from_numpy(view)
+
+    def _give_back(self, raw: np.ndarray) -> None:
+        with self._lock:
+            if self._held + raw.nbytes <= self.max_bytes:
+                self._free.setdefault(raw.nbytes, []).append(raw)
+                self._held += raw.nbytes
+
+    def clear(self) -> None:
+        """Hand every pooled buffer back to the allocator."""
+        with self._lock:
+            self._free.clear()
+            self._held = 0
+
+    @property
+    def held_bytes(self) -> int:
+        return self._held
+
+
+cpu_buffers = _BufferPool()

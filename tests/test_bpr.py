@@ -463,3 +463,30 @@ def test_sgd_epoch_errors_name_the_argument() -> None:
     full = recfast.CSR(torch.tensor([0, 0, 2]), torch.tensor([0, 1], dtype=torch.int32), (2, 2))
     with pytest.raises(ValueError, match="user 1 has no negative item left"):
         bpr_sgd_epoch(torch.zeros(2, 4), torch.zeros(2, 4), full, lr=0.1, seed=0)
+
+
+def test_gradient_buffers_are_recycled_only_once_free() -> None:
+    from recfast._backend import cpu_buffers
+
+    cpu_buffers.clear()
+    U = torch.randn(5000, 64, requires_grad=True)  # 1.25 MB: above the pool's 1 MiB floor
+    V = torch.randn(6000, 64, requires_grad=True)
+    u, i, j = torch.tensor([0, 1, 4999]), torch.tensor([2, 3, 5999]), torch.tensor([4, 5, 0])
+    bpr_loss(U, V, u, i, j).backward()
+    first_u, first_v = U.grad, V.grad
+    want_u, want_v = first_u.clone(), first_v.clone()
+    U.grad = V.grad = None  # the tensors live on in first_u / first_v: nothing may reuse them
+    bpr_loss(U, V, u, i, j).backward()
+    assert U.grad.data_ptr() not in (first_u.data_ptr(), first_v.data_ptr())
+    assert torch.equal(first_u, want_u) and torch.equal(first_v, want_v)
+    torch.testing.assert_close(U.grad, want_u, rtol=0, atol=0)
+    v_ptrs = {first_v.data_ptr(), V.grad.data_ptr()}
+    del first_u, first_v
+    U.grad = V.grad = None  # now free: the next backward takes the pooled memory, zeroed again
+    assert cpu_buffers.held_bytes == 2 * (U.numel() + V.numel()) * 4
+    bpr_loss(U, V, u, i, j).backward()
+    assert V.grad.data_ptr() in v_ptrs
+    torch.testing.assert_close(V.grad, want_v, rtol=0, atol=0)
+    (U.grad.sum() + V.grad.sum()).item()  # ordinary tensors
+    cpu_buffers.clear()
+    assert cpu_buffers.held_bytes == 0

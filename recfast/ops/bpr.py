@@ -20,8 +20,8 @@ import numpy as np
 import torch
 
 from .. import _C
-from .._backend import (INDEX_DTYPES, _dtype_name, check_range, check_tensor, check_threads, cuda_errors,
-                        cuda_module, np_view, stream_of)
+from .._backend import (INDEX_DTYPES, _dtype_name, check_range, check_tensor, check_threads, cpu_buffers,
+                        cuda_errors, cuda_module, np_view, stream_of)
 from ..csr import CSR
 
 __all__ = ["bpr_loss", "bpr_sgd_step", "bpr_sgd_epoch"]
@@ -269,8 +269,8 @@ class _BPRDenseCPU(torch.autograd.Function):
             scale = grad.to(U.dtype).contiguous().numpy()
         else:
             scale = np.full(1, float(grad) / (B if ctx.reduction == "mean" and B else 1), dtype=coef.numpy().dtype)
-        gU = torch.empty_like(U, memory_format=torch.contiguous_format)
-        gV = gU if V is None else torch.empty_like(V, memory_format=torch.contiguous_format)
+        gU = cpu_buffers.empty(tuple(U.shape), U.dtype)  # the kernel zeroes it (zero=True below)
+        gV = gU if V is None else cpu_buffers.empty(tuple(V.shape), V.dtype)
         gbias = torch.empty(T.shape[0], dtype=U.dtype) if ctx.has_bias else None
         un, pn, nn = users.numpy(), pos.numpy(), neg.numpy()
         _C.bpr_backward(U.detach().numpy(), T.detach().numpy(), un, pn, nn, coef.numpy().reshape(-1), scale, ctx.l2,
