@@ -21,7 +21,7 @@ from ..csr import CSR
 __all__ = ["sample_negatives"]
 
 _MASK64 = (1 << 64) - 1
-# Per-CSR cache of the weighted prefix sums: (weakref to the weights tensor, its _version, cum, G).
+# Per-CSR cache of the weighted tables: [weakref to the weights tensor, its _version, cum, kp, guide].
 _WEIGHT_CACHE: "weakref.WeakKeyDictionary[CSR, tuple]" = weakref.WeakKeyDictionary()
 
 
@@ -85,13 +85,13 @@ def sample_negatives(
     n_users, n_items = csr.shape
     k = int(num_negatives)
     check_range(op, "users", users, n_users)
-    cum = G = None
+    cum = kp = None
     if weights is not None:
         check_tensor(op, "weights", weights, dtypes=(torch.float32, torch.float64), ndim=1, device=csr.device,
                      contiguous=False)
         if weights.numel() != n_items:
             raise ValueError(f"{op}: weights has {weights.numel()} entries, expected n_items = {n_items}")
-        cum, G = _weighted_prefix(csr, weights)
+        cum, kp = _weighted_prefix(csr, weights)
     seed = int(seed) & _MASK64
     users64 = users.to(torch.int64).contiguous()
     out = torch.empty(users64.numel(), k, dtype=torch.int64, device=csr.device)
@@ -107,7 +107,7 @@ def sample_negatives(
         with torch.cuda.device(csr.device):
             mod.sample_negatives(csr.indptr.data_ptr(), csr.indices.data_ptr(), csr.indices.dtype == torch.int64,
                                  n_items, users64.data_ptr(), users64.numel(), k, seed, int(row_offset), bool(replace),
-                                 0 if cum is None else cum.data_ptr(), 0 if G is None else G.data_ptr(),
+                                 0 if cum is None else cum.data_ptr(), 0 if kp is None else kp.data_ptr(),
                                  out.data_ptr(), bad.data_ptr(), stream_of(out))
         b = int(bad.item())
         if b < users64.numel():
@@ -120,11 +120,11 @@ def sample_negatives(
     c = csr if on_cpu else csr.to("cpu")
     host_out = out if on_cpu else torch.empty_like(out, device="cpu")
     cum_h = None if cum is None else cum.cpu()
-    G_h = None if G is None else G.cpu()
+    kp_h = None if kp is None else kp.cpu()
     guide = _cdf_guide(csr, weights, users64.numel() * k) if on_cpu and weights is not None and replace else None
     b = _C.sample_negatives(np_view(c.indptr), np_view(c.indices), n_items, np_view(users64.cpu()), k, seed,
                             int(row_offset), bool(replace), None if cum_h is None else np_view(cum_h),
-                            None if G_h is None else np_view(G_h), np_view(host_out).reshape(-1),
+                            None if kp_h is None else np_view(kp_h), np_view(host_out).reshape(-1),
                             nt, None if guide is None else np_view(guide))
     if b >= 0:
         _raise_no_negatives(csr, users64, b, k, replace, weights)
@@ -164,9 +164,9 @@ def _sample_triples(
         check_range(op, "order", order, csr.nnz)
     n_items = csr.n_cols
     k = int(num_negatives)
-    cum = G = guide = None
+    cum = kp = guide = None
     if weights is not None:
-        cum, G = _weighted_prefix(csr, weights)
+        cum, kp = _weighted_prefix(csr, weights)
         guide = _cdf_guide(csr, weights, order.numel() * k)
     n = order.numel()
     users = torch.empty(n, dtype=torch.int64)
@@ -176,7 +176,7 @@ def _sample_triples(
         return users, items, out
     b = _C.sample_triples(np_view(csr.indptr), np_view(csr.indices), n_items, np_view(row_of), np_view(order), k,
                           int(seed) & _MASK64, int(row_offset), True, None if cum is None else np_view(cum),
-                          None if G is None else np_view(G), np_view(users), np_view(items), np_view(out).reshape(-1),
+                          None if kp is None else np_view(kp), np_view(users), np_view(items), np_view(out).reshape(-1),
                           int(num_threads or 0), None if guide is None else np_view(guide))
     if b >= 0:
         _raise_no_negatives(csr, users, b, k, True, weights)
@@ -184,7 +184,13 @@ def _sample_triples(
 
 
 def _weighted_prefix(csr: CSR, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """cum (n_items + 1) and G (nnz + 1) in float64, cached per CSR and weights version."""
+    """cum (n_items + 1) and kp (2 * nnz, entry p's pair at 2p and 2p + 1) in float64, cached per CSR and weights version.
+
+    ``cum`` is the CDF of the weights (``cum[0] = 0``). With ``G`` the prefix of the weights over
+    the stored entries and ``s`` the start of entry p's row, ``kp[2p] = cum[indices[p]] - (G[p] -
+    G[s])`` (the complement mass below the entry's item: the row search's key) and ``kp[2p + 1] =
+    G[p + 1] - G[s]`` (the row's weight through the entry). The kernels read one key per search
+    step, as uniform sampling reads one index (recfast/sampling.h)."""
     entry = _weighted_entry(csr, weights)
     return entry[2], entry[3]
 
@@ -202,12 +208,27 @@ def _weighted_entry(csr: CSR, weights: torch.Tensor) -> list:
         raise ValueError("sample_negatives: weights must be finite")
     if bool((w < 0).any()):
         raise ValueError(f"sample_negatives: weights must be non-negative, got {float(w.min())}")
-    zero = torch.zeros(1, dtype=torch.float64, device=w.device)
-    cum = torch.cat([zero, torch.cumsum(w, 0)])
-    G = torch.cat([zero, torch.cumsum(w[csr.indices.to(torch.int64)], 0)])
-    entry = [weakref.ref(weights), version, cum, G, None]  # the CPU guide table, built on demand
+    cum, kp = _weighted_tables(csr.indptr, csr.indices, w)
+    entry = [weakref.ref(weights), version, cum, kp, None]  # the CPU guide table, built on demand
     _WEIGHT_CACHE[csr] = entry
     return entry
+
+
+def _weighted_tables(indptr: torch.Tensor, indices: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """cum and kp (see _weighted_prefix) from float64 weights, on their device. Elementwise float64
+    subtractions, so the kernels' on-the-fly arithmetic (and the reference's) gives the same bits."""
+    zero = torch.zeros(1, dtype=torch.float64, device=w.device)
+    idx = indices.to(device=w.device, dtype=torch.int64)
+    ip = indptr.to(device=w.device, dtype=torch.int64)
+    cum = torch.cat([zero, torch.cumsum(w, 0)])
+    G = torch.cat([zero, torch.cumsum(w[idx], 0)])
+    # G[s] of each entry's row: the row starts repeated over the row lengths.
+    base = torch.repeat_interleave(G[ip[:-1]], ip[1:] - ip[:-1], output_size=idx.numel())
+    kp = torch.empty(idx.numel(), 2, dtype=torch.float64, device=w.device)
+    torch.sub(G[:-1], base, out=kp[:, 1])
+    torch.sub(cum[idx], kp[:, 1], out=kp[:, 0])
+    torch.sub(G[1:], base, out=kp[:, 1])
+    return cum, kp.view(-1)
 
 
 def _cdf_guide(csr: CSR, weights: torch.Tensor, draws: int) -> torch.Tensor | None:
@@ -246,9 +267,9 @@ def _sample_epoch_triples(
     ``_sample_triples(csr, row_of, order, num_negatives, seed=seed, weights=weights,
     row_offset=start)``. The loaders validate their arguments; ``row_of`` is int64 (nnz)."""
     k = int(num_negatives)
-    cum = G = guide = None
+    cum = kp = guide = None
     if weights is not None:
-        cum, G = _weighted_prefix(csr, weights)
+        cum, kp = _weighted_prefix(csr, weights)
         guide = _cdf_guide(csr, weights, length * k)
     users = torch.empty(length, dtype=torch.int64)
     items = torch.empty(length, dtype=torch.int64)
@@ -257,7 +278,7 @@ def _sample_epoch_triples(
         return users, items, out
     b = _C.sample_epoch_triples(np_view(csr.indptr), np_view(csr.indices), csr.n_cols, np_view(row_of), bool(shuffle),
                                 int(order_seed) & _MASK64, int(start), k, int(seed) & _MASK64, True,
-                                None if cum is None else np_view(cum), None if G is None else np_view(G),
+                                None if cum is None else np_view(cum), None if kp is None else np_view(kp),
                                 None if guide is None else np_view(guide), np_view(users), np_view(items),
                                 np_view(out).reshape(-1), int(num_threads or 0))
     if b >= 0:
@@ -341,8 +362,9 @@ def _sample_negatives_reference(
     keys = _rng_key(int(seed) & _MASK64, np.arange(users_np.size, dtype=np.uint64) + np.uint64(row_offset))
     counters = np.arange(k, dtype=np.uint64)
     w = None if weights is None else weights.detach().cpu().numpy().astype(np.float64)
-    cum = None if w is None else np.concatenate([[0.0], np.cumsum(w)])
-    G_full = None if w is None else np.concatenate([[0.0], np.cumsum(w[indices])])
+    if w is not None:
+        cum_t, kp_t = _weighted_tables(c.indptr, c.indices, torch.from_numpy(w))
+        cum, kp_np = cum_t.numpy(), kp_t.numpy()
     for b, u in enumerate(users_np):
         row = indices[indptr[u]:indptr[u + 1]]
         complement = np.setdiff1d(np.arange(n_items), row)
@@ -361,8 +383,9 @@ def _sample_negatives_reference(
                 out[b] = complement[np.array(ranks, dtype=np.int64)]
             continue
         local = list(row)
-        # The kernel's float arithmetic: G is the prefix over all stored entries, in order.
-        local_G = list(G_full[indptr[u]:indptr[u + 1] + 1])
+        # The kernel's float arithmetic: local_G[j] = P_j, the weight of the row's first j entries
+        # (kp's second column, from the prefix over all stored entries), updated as items join.
+        local_G = [0.0] + list(kp_np[2 * indptr[u] + 1:2 * indptr[u + 1]:2])
         for kk in range(k):
             arr = np.array(local, dtype=np.int64)
             lg = np.array(local_G)

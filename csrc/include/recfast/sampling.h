@@ -32,11 +32,17 @@ namespace recfast {
 
 // Weighted draws use an inverse CDF over the complement of the row:
 //   cum[i] = w_0 + ... + w_{i-1} (n_items + 1 doubles, cum[0] = 0) is the global prefix;
-//   G[p] = w(indices[0]) + ... + w(indices[p-1]) (nnz + 1 doubles) is the prefix over the stored
-//   entries, so the weight of a row's first t entries is rowG[t] - rowG[0] with rowG = G + indptr[u];
-//   the complement mass below item x is C(x) = cum[x] - (rowG[#row entries < x] - rowG[0]).
+//   G[p] = w(indices[0]) + ... + w(indices[p-1]) is the prefix over the stored entries, so the
+//   weight of a row's first j entries is P_j = G[s + j] - G[s] (s = indptr[u]);
+//   the complement mass below item x is C(x) = cum[x] - P_{#row entries < x}.
 // A target t in [0, C(n_items)) maps to the smallest x with C(x + 1) > t, which is never a row
-// item (those add no mass). Binary search over x: O(log n_items * log deg), no per-row scratch.
+// item (those add no mass). The kernels read `kp` (2 * nnz doubles, built once per (csr, weights)
+// by the caller): for stored entry p = s + j of row u,
+//   kp[2p]     = cum[indices[p]] - (G[p] - G[s])      = C(row[j]), the search key of entry j;
+//   kp[2p + 1] = G[p + 1] - G[s]                      = P_{j+1}, the row's weight through entry j.
+// So a row search is one load per step, as for uniform draws, and the shift after it sits next to
+// the last key the search read. The same expressions in the same order give the same bits as
+// computing them on the fly from cum and G.
 template <typename I>
 RF_HD std::int64_t row_below(const I* row, std::int64_t deg, std::int64_t x) {
   std::int64_t lo = 0, hi = deg;
@@ -51,20 +57,38 @@ RF_HD std::int64_t row_below(const I* row, std::int64_t deg, std::int64_t x) {
   return lo;
 }
 
+// P_j of a row from its kp entries (rowkp = kp + 2 * s): 0 for j = 0.
+RF_HD double row_prefix(const double* rowkp, std::int64_t j) { return j > 0 ? rowkp[2 * j - 1] : 0.0; }
+
 // The three steps of a weighted draw, shared by weighted_unseen and the CPU's lockstep lanes.
-// C(row[j]) = cum[row[j]] - (rowG[j] - rowG[0]) is the complement mass below row item j; it is
-// non-decreasing in j, and the answer x lies after exactly j* = #{j : C(row[j]) <= t} row items.
-// Shifting t by those items' mass turns the complement search into one search of the global
-// CDF: cum[x] <= t + mass(j*) < cum[x + 1]. Two branchless searches, O(log deg + log n_items).
-// Integer masks rather than conditionals: the comparisons are unpredictable.
-template <typename I>
-RF_HD std::int64_t weighted_row_count(const double* cum, const I* row, const double* rowG, std::int64_t deg,
-                                      double t) {
+// C(row[j]) is non-decreasing in j, and the answer x lies after exactly j* = #{j : C(row[j]) <= t}
+// row items. Shifting t by those items' mass (P_{j*}) turns the complement search into one search
+// of the global CDF: cum[x] <= t + P_{j*} < cum[x + 1]. Two branchless searches,
+// O(log deg + log n_items). Integer masks rather than conditionals: the comparisons are
+// unpredictable.
+RF_HD std::int64_t weighted_row_count(const double* rowkp, std::int64_t deg, double t) {
   std::int64_t lo = 0, n = deg;
   while (n > 0) {
     const std::int64_t half = n >> 1;
     const std::int64_t mid = lo + half;
-    const std::int64_t right = -static_cast<std::int64_t>(cum[static_cast<std::int64_t>(row[mid])] - (rowG[mid] - rowG[0]) <= t);
+    const std::int64_t right = -static_cast<std::int64_t>(rowkp[2 * mid] <= t);
+    lo += (mid + 1 - lo) & right;
+    n = (half & ~right) | ((n - half - 1) & right);
+  }
+  return lo;
+}
+
+// The same count from a row and its prefix rowG (rowG[j] - rowG[0] = P_j), for rows that change
+// between draws (weighted sampling without replacement).
+template <typename I>
+RF_HD std::int64_t weighted_row_count_prefix(const double* cum, const I* row, const double* rowG, std::int64_t deg,
+                                             double t) {
+  std::int64_t lo = 0, n = deg;
+  while (n > 0) {
+    const std::int64_t half = n >> 1;
+    const std::int64_t mid = lo + half;
+    const std::int64_t right =
+        -static_cast<std::int64_t>(cum[static_cast<std::int64_t>(row[mid])] - (rowG[mid] - rowG[0]) <= t);
     lo += (mid + 1 - lo) & right;
     n = (half & ~right) | ((n - half - 1) & right);
   }
@@ -129,17 +153,27 @@ RF_HD std::int64_t weighted_finish(const double* cum, std::int64_t n_items, cons
   return x;
 }
 
+// A weighted draw from a row's kp entries (rowkp = kp + 2 * indptr[u]).
 template <typename I>
-RF_HD std::int64_t weighted_unseen(const double* cum, std::int64_t n_items, const I* row, const double* rowG,
+RF_HD std::int64_t weighted_unseen(const double* cum, std::int64_t n_items, const I* row, const double* rowkp,
                                    std::int64_t deg, double t) {
-  const std::int64_t lo = weighted_row_count(cum, row, rowG, deg, t);
+  const std::int64_t lo = weighted_row_count(rowkp, deg, t);
+  const double ta = t + row_prefix(rowkp, lo);
+  return weighted_finish(cum, n_items, row, deg, lo, cdf_count(cum, 0, n_items, ta));
+}
+
+// The same draw from a row and its prefix rowG (see weighted_row_count_prefix).
+template <typename I>
+RF_HD std::int64_t weighted_unseen_prefix(const double* cum, std::int64_t n_items, const I* row, const double* rowG,
+                                          std::int64_t deg, double t) {
+  const std::int64_t lo = weighted_row_count_prefix(cum, row, rowG, deg, t);
   const double ta = t + (rowG[lo] - rowG[0]);
   return weighted_finish(cum, n_items, row, deg, lo, cdf_count(cum, 0, n_items, ta));
 }
 
-// Complement mass of a row: total weight minus the row's own weight.
-RF_HD double complement_mass(const double* cum, std::int64_t n_items, const double* rowG, std::int64_t deg) {
-  return cum[n_items] - (rowG[deg] - rowG[0]);
+// Complement mass of a row: total weight minus the row's own weight (P_deg).
+RF_HD double complement_mass(const double* cum, std::int64_t n_items, const double* rowkp, std::int64_t deg) {
+  return cum[n_items] - row_prefix(rowkp, deg);
 }
 
 // Uniform draw number `draw` for batch position `pos`: the r-th unseen item of the row.
@@ -176,7 +210,7 @@ namespace recfast::cpu {
 // out[b * K + k] = a negative for user users[b]. The stream of row b is rng_key(seed, row_offset + b)
 // and draw k of that stream is rng_bits(key, k), so any split of the batch with the matching
 // row_offset reproduces the whole batch, on any thread count and on CUDA.
-// cum, G: nullptr (uniform) or the prefix sums described above (weighted).
+// cum, kp: nullptr (uniform) or the CDF and per-entry table described above (weighted).
 // replace == false draws distinct items per row (Floyd's algorithm over complement ranks for
 // uniform; sequential removal of each drawn item's mass for weighted).
 // Returns -1 on success, else the batch position of a user without enough negatives.
@@ -184,7 +218,7 @@ template <typename I>
 std::int64_t sample_negatives(const offset_t* indptr, const I* indices, std::int64_t n_users, std::int64_t n_items,
                               const std::int64_t* users, std::int64_t batch, std::int64_t num_negatives,
                               std::uint64_t seed, std::int64_t row_offset, bool replace, const double* cum,
-                              const double* G, std::int64_t* out, int num_threads,
+                              const double* kp, std::int64_t* out, int num_threads,
                               const std::int64_t* guide = nullptr);
 
 // guide[j] = #{x : cum[x + 1] <= j * cum[n_items] / n_items} for j = 0..n_items (n_items + 1
@@ -201,7 +235,7 @@ template <typename I>
 std::int64_t sample_triples(const offset_t* indptr, const I* indices, std::int64_t n_users, std::int64_t n_items,
                             const std::int64_t* row_of, const std::int64_t* order, std::int64_t batch,
                             std::int64_t num_negatives, std::uint64_t seed, std::int64_t row_offset, bool replace,
-                            const double* cum, const double* G, std::int64_t* users_out, std::int64_t* items_out,
+                            const double* cum, const double* kp, std::int64_t* users_out, std::int64_t* items_out,
                             std::int64_t* out, int num_threads, const std::int64_t* guide = nullptr);
 
 // sample_triples for positions [start, start + batch) of an epoch over the nnz stored entries,
@@ -214,7 +248,7 @@ std::int64_t sample_epoch_triples(const offset_t* indptr, const I* indices, std:
                                   std::int64_t n_items, const std::int64_t* row_of, std::int64_t nnz, bool shuffle,
                                   std::uint64_t order_seed, std::int64_t start, std::int64_t batch,
                                   std::int64_t num_negatives, std::uint64_t seed, bool replace, const double* cum,
-                                  const double* G, const std::int64_t* guide, std::int64_t* users_out,
+                                  const double* kp, const std::int64_t* guide, std::int64_t* users_out,
                                   std::int64_t* items_out, std::int64_t* out, int num_threads);
 
 // The uniform kernel's instruction set, for tests and benchmarks: "auto" (AVX-512 where the CPU
@@ -239,7 +273,7 @@ namespace recfast::cuda {
 template <typename I>
 void sample_negatives(const offset_t* indptr, const I* indices, std::int64_t n_items, const std::int64_t* users,
                       std::int64_t batch, std::int64_t num_negatives, std::uint64_t seed, std::int64_t row_offset,
-                      bool replace, const double* cum, const double* G, std::int64_t* out, std::int64_t* bad,
+                      bool replace, const double* cum, const double* kp, std::int64_t* out, std::int64_t* bad,
                       CUstream_st* stream);
 
 }  // namespace recfast::cuda
