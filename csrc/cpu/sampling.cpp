@@ -83,25 +83,26 @@ void uniform_lanes(const offset_t* indptr, const I* indices, std::int64_t n_item
 }
 
 // Weighted draws with replacement for rows [b0, b0 + L), the same arithmetic as weighted_unseen:
-// the L row searches (one load per step, the entry's key in kp) and the L bracketed CDF searches
-// run in lockstep so that their cache misses overlap.
+// the L row searches (one load per step, the entry's rounded key in kf) and the L bracketed CDF
+// searches run in lockstep so that their cache misses overlap.
 template <typename I, int L>
 void weighted_lanes(const offset_t* indptr, const I* indices, std::int64_t n_items, const std::int64_t* users,
                     std::int64_t b0, std::int64_t K, std::uint64_t seed, std::int64_t row_offset, const double* cum,
-                    const double* kp, const std::int64_t* guide, std::int64_t M, double inv_h, std::int64_t* out,
-                    std::atomic<std::int64_t>& first_bad, std::int64_t prefetch_end) {
+                    const double* P, const float* kf, const std::int64_t* guide, std::int64_t M, double inv_h,
+                    std::int64_t* out, std::atomic<std::int64_t>& first_bad, std::int64_t prefetch_end) {
   static const I zero_row[1] = {0};
   if (prefetch_end > b0 + 3 * L) {
     for (int l = 0; l < L; ++l) __builtin_prefetch(indptr + users[b0 + 2 * L + l]);
     for (int l = 0; l < L; ++l) {
       const std::int64_t u = users[b0 + L + l];
       // The search's first key and the row's weight (its last P), which sets the draw's scale.
-      __builtin_prefetch(kp + 2 * ((indptr[u] + indptr[u + 1]) >> 1));
-      __builtin_prefetch(kp + 2 * indptr[u + 1] - 1);
+      __builtin_prefetch(kf + ((indptr[u] + indptr[u + 1]) >> 1));
+      __builtin_prefetch(P + indptr[u + 1] - 1);
     }
   }
   const I* row[L];
-  const double* rowkp[L];
+  const double* rowP[L];
+  const float* rowf[L];
   std::int64_t deg[L];
   double mass[L];
   std::uint64_t key[L];
@@ -112,8 +113,9 @@ void weighted_lanes(const offset_t* indptr, const I* indices, std::int64_t n_ite
     const offset_t start = indptr[u];
     deg[l] = indptr[u + 1] - start;
     row[l] = deg[l] > 0 ? indices + start : zero_row;
-    rowkp[l] = kp + 2 * start;
-    mass[l] = complement_mass(cum, n_items, rowkp[l], deg[l]);
+    rowP[l] = P + start;
+    rowf[l] = kf + start;
+    mass[l] = complement_mass(cum, n_items, rowP[l], deg[l]);
     ok[l] = mass[l] > 0.0;
     key[l] = rng_key(seed, static_cast<std::uint64_t>(row_offset + b));
     if (!ok[l]) {
@@ -137,7 +139,7 @@ void weighted_lanes(const offset_t* indptr, const I* indices, std::int64_t n_ite
         const std::int64_t mid = lo[l] + half;
         const std::int64_t live = -static_cast<std::int64_t>(n[l] > 0);
         const std::int64_t ms = mid & live;
-        const std::int64_t right = -static_cast<std::int64_t>(rowkp[l][2 * ms] <= t[l]) & live;
+        const std::int64_t right = -static_cast<std::int64_t>(static_cast<double>(rowf[l][ms]) <= t[l]) & live;
         lo[l] += (mid + 1 - lo[l]) & right;
         n[l] = (half & ~right) | ((n[l] - half - 1) & right);
         active |= n[l];
@@ -145,7 +147,8 @@ void weighted_lanes(const offset_t* indptr, const I* indices, std::int64_t n_ite
       if (active == 0) break;
     }
     for (int l = 0; l < L; ++l) {
-      ta[l] = t[l] + row_prefix(rowkp[l], lo[l]);
+      lo[l] = weighted_row_confirm(cum, row[l], rowP[l], lo[l], t[l]);
+      ta[l] = t[l] + row_prefix(rowP[l], lo[l]);
       guide_bracket(guide, M, inv_h, ta[l], &a[l], &m[l]);
     }
     for (;;) {
@@ -294,7 +297,7 @@ RF_AVX512 void uniform_lanes_avx512(const offset_t* indptr, const I* indices, st
 template <typename I, int V>
 RF_AVX512 void weighted_lanes_avx512(const offset_t* indptr, const I* indices, std::int64_t n_items,
                                      const std::int64_t* users, std::int64_t b0, std::int64_t K, std::uint64_t hseed,
-                                     std::int64_t row_offset, const double* cum, const double* kp,
+                                     std::int64_t row_offset, const double* cum, const double* P, const float* kf,
                                      const std::int64_t* guide, std::int64_t M, double inv_h, std::int64_t* out,
                                      std::atomic<std::int64_t>& first_bad, std::int64_t prefetch_end) {
   constexpr int L = 8 * V;
@@ -303,8 +306,8 @@ RF_AVX512 void weighted_lanes_avx512(const offset_t* indptr, const I* indices, s
     for (int l = 0; l < L; ++l) {
       const std::int64_t u = users[b0 + L + l];
       // The search's first key and the row's weight (its last P), which sets the draw's scale.
-      __builtin_prefetch(kp + 2 * ((indptr[u] + indptr[u + 1]) >> 1));
-      __builtin_prefetch(kp + 2 * indptr[u + 1] - 1);
+      __builtin_prefetch(kf + ((indptr[u] + indptr[u + 1]) >> 1));
+      __builtin_prefetch(P + indptr[u + 1] - 1);
     }
   }
   const __m512i one = _mm512_set1_epi64(1);
@@ -318,9 +321,9 @@ RF_AVX512 void weighted_lanes_avx512(const offset_t* indptr, const I* indices, s
     start[v] = _mm512_i64gather_epi64(u, indptr, 8);
     const __m512i end = _mm512_i64gather_epi64(_mm512_add_epi64(u, one), indptr, 8);
     deg[v] = _mm512_sub_epi64(end, start[v]);
-    // P_deg = kp[2 * end - 1], and 0 for an empty row (row_prefix).
-    const __m512d pdeg = _mm512_mask_i64gather_pd(zerod, _mm512_cmpgt_epi64_mask(deg[v], zero),
-                                                  _mm512_sub_epi64(_mm512_add_epi64(end, end), one), kp, 8);
+    // P_deg = P[end - 1], and 0 for an empty row (row_prefix).
+    const __m512d pdeg =
+        _mm512_mask_i64gather_pd(zerod, _mm512_cmpgt_epi64_mask(deg[v], zero), _mm512_sub_epi64(end, one), P, 8);
     mass[v] = _mm512_sub_pd(_mm512_set1_pd(cum[n_items]), pdeg);
     ok[v] = _mm512_cmp_pd_mask(mass[v], zerod, _CMP_GT_OQ);
     const __mmask8 bad = static_cast<__mmask8>(~ok[v]);
@@ -353,7 +356,7 @@ RF_AVX512 void weighted_lanes_avx512(const offset_t* indptr, const I* indices, s
         const __m512i half = _mm512_srli_epi64(n[v], 1);
         const __m512i mid = _mm512_add_epi64(lo[v], half);
         const __m512i pos = _mm512_add_epi64(start[v], mid);
-        const __m512d c = _mm512_mask_i64gather_pd(zerod, live, _mm512_add_epi64(pos, pos), kp, 8);
+        const __m512d c = _mm512_cvtps_pd(_mm512_mask_i64gather_ps(_mm256_setzero_ps(), live, pos, kf, 4));
         const __mmask8 right = _mm512_mask_cmp_pd_mask(live, c, t[v], _CMP_LE_OQ);
         lo[v] = _mm512_mask_add_epi64(lo[v], right, mid, one);
         n[v] = _mm512_mask_blend_epi64(right, half, _mm512_sub_epi64(_mm512_sub_epi64(n[v], half), one));
@@ -361,21 +364,39 @@ RF_AVX512 void weighted_lanes_avx512(const offset_t* indptr, const I* indices, s
       }
       if (!any) break;
     }
+    __m512d plo[V];
     for (int v = 0; v < V; ++v) {
-      // The row items around the answer, for the check below: the row search read kp, not the
-      // indices, so these are cache misses; issued now, they overlap the CDF search.
-      const __m512i pos = _mm512_add_epi64(start[v], lo[v]);
-      has_next[v] = _mm512_cmplt_epi64_mask(lo[v], deg[v]);
-      has_prev[v] = _mm512_cmpgt_epi64_mask(lo[v], zero);
-      next[v] = gather_index_v<I>(has_next[v], pos, indices);
-      prev[v] = gather_index_v<I>(has_prev[v], _mm512_sub_epi64(pos, one), indices);
+      // weighted_row_confirm in vector form: the exact key of entry lo - 1 (cum of its item minus
+      // P_{lo-1}). The row items around the answer serve it and the final check; the row search
+      // read kf, not the indices, so these loads miss, and they are issued together.
+      for (bool confirmed = false;; confirmed = true) {
+        const __m512i pos = _mm512_add_epi64(start[v], lo[v]);
+        const __m512i pos1 = _mm512_sub_epi64(pos, one);
+        has_next[v] = _mm512_cmplt_epi64_mask(lo[v], deg[v]);
+        has_prev[v] = _mm512_cmpgt_epi64_mask(lo[v], zero);
+        next[v] = gather_index_v<I>(has_next[v], pos, indices);
+        prev[v] = gather_index_v<I>(has_prev[v], pos1, indices);
+        plo[v] = _mm512_mask_i64gather_pd(zerod, has_prev[v], pos1, P, 8);
+        if (confirmed) break;  // once, as weighted_row_confirm
+        const __m512d pprev =
+            _mm512_mask_i64gather_pd(zerod, _mm512_cmpgt_epi64_mask(lo[v], one), _mm512_sub_epi64(pos1, one), P, 8);
+        const __m512d kprev = _mm512_sub_pd(_mm512_mask_i64gather_pd(zerod, has_prev[v], prev[v], cum, 8), pprev);
+        const __mmask8 wrong = _mm512_mask_cmp_pd_mask(has_prev[v], kprev, t[v], _CMP_NLE_UQ);
+        if (!wrong) break;
+        // Rare (t within a float32 rounding below a key): those lanes search their exact keys.
+        alignas(64) std::int64_t lo_s[8], st_s[8];
+        alignas(64) double t_s[8];
+        _mm512_store_si512(lo_s, lo[v]);
+        _mm512_store_si512(st_s, start[v]);
+        _mm512_store_pd(t_s, t[v]);
+        for (int l = 0; l < 8; ++l) {
+          if (wrong >> l & 1) lo_s[l] = weighted_row_confirm(cum, indices + st_s[l], P + st_s[l], lo_s[l], t_s[l]);
+        }
+        lo[v] = _mm512_load_si512(lo_s);
+      }
     }
     for (int v = 0; v < V; ++v) {
-      // t + P_lo: kp[2 * (start + lo) - 1], next to the last key the search read; 0 when lo = 0.
-      const __m512i pl = _mm512_add_epi64(start[v], lo[v]);
-      const __m512d plo = _mm512_mask_i64gather_pd(zerod, _mm512_cmpgt_epi64_mask(lo[v], zero),
-                                                   _mm512_sub_epi64(_mm512_add_epi64(pl, pl), one), kp, 8);
-      ta[v] = _mm512_add_pd(t[v], plo);
+      ta[v] = _mm512_add_pd(t[v], plo[v]);
       const __m512d q = _mm512_mul_pd(ta[v], _mm512_set1_pd(inv_h));
       __m512i j = _mm512_cvttpd_epi64(q);
       j = _mm512_mask_mov_epi64(j, _mm512_cmp_pd_mask(q, last_d, _CMP_GE_OQ), _mm512_set1_epi64(M - 1));
@@ -548,7 +569,8 @@ struct Plan {
   std::int64_t row_offset;
   bool replace;
   const double* cum;
-  const double* kp;
+  const double* P;
+  const float* kf;
   const std::int64_t* guide;
   std::int64_t M;
   double inv_h;
@@ -573,14 +595,14 @@ struct Plan {
         return;
       case kWeightedAvx512:
         weighted_lanes_avx512<I, RF_AVX512_VECTORS>(indptr, indices, n_items, users, b0, K, hseed, row_offset, cum,
-                                                    kp, guide, M, inv_h, out, *first_bad, prefetch_end);
+                                                    P, kf, guide, M, inv_h, out, *first_bad, prefetch_end);
         return;
 #endif
       case kUniformLanes:
         uniform_lanes<I, 8>(indptr, indices, n_items, users, b0, K, seed, row_offset, out, *first_bad, prefetch_end);
         return;
       case kWeightedLanes:
-        weighted_lanes<I, 8>(indptr, indices, n_items, users, b0, K, seed, row_offset, cum, kp, guide, M, inv_h, out,
+        weighted_lanes<I, 8>(indptr, indices, n_items, users, b0, K, seed, row_offset, cum, P, kf, guide, M, inv_h, out,
                              *first_bad, prefetch_end);
         return;
       default:
@@ -611,16 +633,16 @@ struct Plan {
       }
       return;
     }
-    const double* rowkp = kp + 2 * start;
+    const double* rowP = P + start;
     if (replace) {
-      const double mass = complement_mass(cum, n_items, rowkp, deg);
+      const double mass = complement_mass(cum, n_items, rowP, deg);
       if (!(mass > 0.0)) {
         record_failure(*first_bad, b);
         return;
       }
       for (std::int64_t k = 0; k < K; ++k) {
         const double t = rng_unit(rng_bits(key, static_cast<std::uint64_t>(k))) * mass;
-        o[k] = weighted_unseen(cum, n_items, r, rowkp, deg, t);
+        o[k] = weighted_unseen(cum, n_items, r, kf + start, rowP, deg, t);
       }
       return;
     }
@@ -628,7 +650,7 @@ struct Plan {
     // local_G[j] = P_j, removing its mass.
     local_row.assign(r, r + deg);
     local_G.resize(static_cast<std::size_t>(deg + 1));
-    for (std::int64_t j = 0; j <= deg; ++j) local_G[j] = row_prefix(rowkp, j);
+    for (std::int64_t j = 0; j <= deg; ++j) local_G[j] = row_prefix(rowP, j);
     for (std::int64_t k = 0; k < K; ++k) {
       const std::int64_t len = static_cast<std::int64_t>(local_row.size());
       const double mass = cum[n_items] - (local_G[len] - local_G[0]);
@@ -663,9 +685,9 @@ struct Plan {
 template <typename I>
 Plan<I> make_plan(const offset_t* indptr, const I* indices, std::int64_t n_items, const std::int64_t* users,
                   std::int64_t batch, std::int64_t K, std::uint64_t seed, std::int64_t row_offset, bool replace,
-                  const double* cum, const double* kp, const std::int64_t* guide, std::int64_t* out,
+                  const double* cum, const double* P, const float* kf, const std::int64_t* guide, std::int64_t* out,
                   std::atomic<std::int64_t>* first_bad, std::vector<std::int64_t>& own_guide) {
-  Plan<I> p{indptr, indices, n_items, users, K, seed, splitmix64(seed), row_offset, replace, cum, kp, nullptr, 0, 0.0,
+  Plan<I> p{indptr, indices, n_items, users, K, seed, splitmix64(seed), row_offset, replace, cum, P, kf, nullptr, 0, 0.0,
             out, first_bad, Plan<I>::kRows};
   if (K == 0 || !replace) return p;
   const bool avx512 = isa_setting().load() != RF_ISA_SCALAR && cpu_has_avx512();
@@ -698,12 +720,12 @@ template <typename I>
 std::int64_t sample_negatives(const offset_t* indptr, const I* indices, std::int64_t /*n_users*/,
                               std::int64_t n_items, const std::int64_t* users, std::int64_t batch,
                               std::int64_t num_negatives, std::uint64_t seed, std::int64_t row_offset, bool replace,
-                              const double* cum, const double* kp, std::int64_t* out, int num_threads,
+                              const double* cum, const double* P, const float* kf, std::int64_t* out, int num_threads,
                               const std::int64_t* guide) {
   std::atomic<std::int64_t> first_bad{batch};
   std::vector<std::int64_t> own_guide;
   const Plan<I> p = make_plan<I>(indptr, indices, n_items, users, batch, num_negatives, seed, row_offset, replace, cum,
-                                 kp, guide, out, &first_bad, own_guide);
+                                 P, kf, guide, out, &first_bad, own_guide);
   const std::int64_t L = p.lanes();
   if (L > 1) {
     // Rows in chunks of L (the lockstep searches); the last batch % L rows go one by one.
@@ -762,12 +784,12 @@ struct FeistelOrder {
 template <typename I, typename Order>
 std::int64_t triples_impl(const offset_t* indptr, const I* indices, std::int64_t n_items, const std::int64_t* row_of,
                           const Order& order, std::int64_t batch, std::int64_t K, std::uint64_t seed,
-                          std::int64_t row_offset, bool replace, const double* cum, const double* kp,
+                          std::int64_t row_offset, bool replace, const double* cum, const double* P, const float* kf,
                           const std::int64_t* guide, std::int64_t* users_out, std::int64_t* items_out,
                           std::int64_t* out, int num_threads) {
   std::atomic<std::int64_t> first_bad{batch};
   std::vector<std::int64_t> own_guide;
-  const Plan<I> p = make_plan<I>(indptr, indices, n_items, users_out, batch, K, seed, row_offset, replace, cum, kp,
+  const Plan<I> p = make_plan<I>(indptr, indices, n_items, users_out, batch, K, seed, row_offset, replace, cum, P, kf,
                                  guide, out, &first_bad, own_guide);
   constexpr std::int64_t block = 2048, group = 64;
   const std::int64_t n_blocks = (batch + block - 1) / block;
@@ -802,11 +824,11 @@ template <typename I>
 std::int64_t sample_triples(const offset_t* indptr, const I* indices, std::int64_t /*n_users*/, std::int64_t n_items,
                             const std::int64_t* row_of, const std::int64_t* order, std::int64_t batch,
                             std::int64_t num_negatives, std::uint64_t seed, std::int64_t row_offset, bool replace,
-                            const double* cum, const double* kp, std::int64_t* users_out, std::int64_t* items_out,
+                            const double* cum, const double* P, const float* kf, std::int64_t* users_out, std::int64_t* items_out,
                             std::int64_t* out, int num_threads, const std::int64_t* guide) {
   const ArrayOrder ord{order};
   return triples_impl<I>(indptr, indices, n_items, row_of, ord, batch, num_negatives, seed, row_offset, replace, cum,
-                         kp, guide, users_out, items_out, out, num_threads);
+                         P, kf, guide, users_out, items_out, out, num_threads);
 }
 
 template <typename I>
@@ -814,32 +836,32 @@ std::int64_t sample_epoch_triples(const offset_t* indptr, const I* indices, std:
                                   std::int64_t n_items, const std::int64_t* row_of, std::int64_t nnz, bool shuffle,
                                   std::uint64_t order_seed, std::int64_t start, std::int64_t batch,
                                   std::int64_t num_negatives, std::uint64_t seed, bool replace, const double* cum,
-                                  const double* kp, const std::int64_t* guide, std::int64_t* users_out,
+                                  const double* P, const float* kf, const std::int64_t* guide, std::int64_t* users_out,
                                   std::int64_t* items_out, std::int64_t* out, int num_threads) {
   if (!shuffle) {
     const IdentityOrder ord{start};
-    return triples_impl<I>(indptr, indices, n_items, row_of, ord, batch, num_negatives, seed, start, replace, cum, kp,
+    return triples_impl<I>(indptr, indices, n_items, row_of, ord, batch, num_negatives, seed, start, replace, cum, P, kf,
                            guide, users_out, items_out, out, num_threads);
   }
   const FeistelOrder ord{FeistelPermutation(static_cast<std::uint64_t>(nnz), order_seed), start,
                          isa_setting().load() != RF_ISA_SCALAR && cpu_has_avx512()};
-  return triples_impl<I>(indptr, indices, n_items, row_of, ord, batch, num_negatives, seed, start, replace, cum, kp,
+  return triples_impl<I>(indptr, indices, n_items, row_of, ord, batch, num_negatives, seed, start, replace, cum, P, kf,
                          guide, users_out, items_out, out, num_threads);
 }
 
 #define RF_INSTANTIATE(I)                                                                                              \
   template std::int64_t sample_negatives<I>(const offset_t*, const I*, std::int64_t, std::int64_t,                     \
                                             const std::int64_t*, std::int64_t, std::int64_t, std::uint64_t,            \
-                                            std::int64_t, bool, const double*, const double*, std::int64_t*, int,      \
+                                            std::int64_t, bool, const double*, const double*, const float*, std::int64_t*, int,      \
                                             const std::int64_t*);                                                      \
   template std::int64_t sample_triples<I>(const offset_t*, const I*, std::int64_t, std::int64_t, const std::int64_t*, \
                                           const std::int64_t*, std::int64_t, std::int64_t, std::uint64_t,              \
-                                          std::int64_t, bool, const double*, const double*, std::int64_t*,             \
+                                          std::int64_t, bool, const double*, const double*, const float*, std::int64_t*,             \
                                           std::int64_t*, std::int64_t*, int, const std::int64_t*);                     \
   template std::int64_t sample_epoch_triples<I>(const offset_t*, const I*, std::int64_t, std::int64_t,                 \
                                                 const std::int64_t*, std::int64_t, bool, std::uint64_t, std::int64_t,  \
                                                 std::int64_t, std::int64_t, std::uint64_t, bool, const double*,        \
-                                                const double*, const std::int64_t*, std::int64_t*, std::int64_t*,      \
+                                                const double*, const float*, const std::int64_t*, std::int64_t*, std::int64_t*,      \
                                                 std::int64_t*, int);
 RF_INSTANTIATE(std::int32_t)
 RF_INSTANTIATE(std::int64_t)

@@ -21,7 +21,7 @@ from ..csr import CSR
 __all__ = ["sample_negatives"]
 
 _MASK64 = (1 << 64) - 1
-# Per-CSR cache of the weighted tables: [weakref to the weights tensor, its _version, cum, kp, guide].
+# Per-CSR cache of the weighted tables: [weakref to the weights tensor, its _version, cum, P, kf, guide].
 _WEIGHT_CACHE: "weakref.WeakKeyDictionary[CSR, tuple]" = weakref.WeakKeyDictionary()
 
 
@@ -85,13 +85,13 @@ def sample_negatives(
     n_users, n_items = csr.shape
     k = int(num_negatives)
     check_range(op, "users", users, n_users)
-    cum = kp = None
+    cum = P = kf = None
     if weights is not None:
         check_tensor(op, "weights", weights, dtypes=(torch.float32, torch.float64), ndim=1, device=csr.device,
                      contiguous=False)
         if weights.numel() != n_items:
             raise ValueError(f"{op}: weights has {weights.numel()} entries, expected n_items = {n_items}")
-        cum, kp = _weighted_prefix(csr, weights)
+        cum, P, kf = _weighted_prefix(csr, weights)
     seed = int(seed) & _MASK64
     users64 = users.to(torch.int64).contiguous()
     out = torch.empty(users64.numel(), k, dtype=torch.int64, device=csr.device)
@@ -107,8 +107,8 @@ def sample_negatives(
         with torch.cuda.device(csr.device):
             mod.sample_negatives(csr.indptr.data_ptr(), csr.indices.data_ptr(), csr.indices.dtype == torch.int64,
                                  n_items, users64.data_ptr(), users64.numel(), k, seed, int(row_offset), bool(replace),
-                                 0 if cum is None else cum.data_ptr(), 0 if kp is None else kp.data_ptr(),
-                                 out.data_ptr(), bad.data_ptr(), stream_of(out))
+                                 0 if cum is None else cum.data_ptr(), 0 if P is None else P.data_ptr(),
+                                 0 if kf is None else kf.data_ptr(), out.data_ptr(), bad.data_ptr(), stream_of(out))
         b = int(bad.item())
         if b < users64.numel():
             _raise_no_negatives(csr, users64, b, k, replace, weights)
@@ -119,13 +119,11 @@ def sample_negatives(
     on_cpu = csr.device.type == "cpu"
     c = csr if on_cpu else csr.to("cpu")
     host_out = out if on_cpu else torch.empty_like(out, device="cpu")
-    cum_h = None if cum is None else cum.cpu()
-    kp_h = None if kp is None else kp.cpu()
+    tables = (None, None, None) if cum is None else tuple(np_view(x.cpu()) for x in (cum, P, kf))
     guide = _cdf_guide(csr, weights, users64.numel() * k) if on_cpu and weights is not None and replace else None
     b = _C.sample_negatives(np_view(c.indptr), np_view(c.indices), n_items, np_view(users64.cpu()), k, seed,
-                            int(row_offset), bool(replace), None if cum_h is None else np_view(cum_h),
-                            None if kp_h is None else np_view(kp_h), np_view(host_out).reshape(-1),
-                            nt, None if guide is None else np_view(guide))
+                            int(row_offset), bool(replace), tables[0], tables[1], np_view(host_out).reshape(-1),
+                            nt, None if guide is None else np_view(guide), tables[2])
     if b >= 0:
         _raise_no_negatives(csr, users64, b, k, replace, weights)
     return out if on_cpu else host_out.to(csr.device)
@@ -164,9 +162,9 @@ def _sample_triples(
         check_range(op, "order", order, csr.nnz)
     n_items = csr.n_cols
     k = int(num_negatives)
-    cum = kp = guide = None
+    cum = P = kf = guide = None
     if weights is not None:
-        cum, kp = _weighted_prefix(csr, weights)
+        cum, P, kf = _weighted_prefix(csr, weights)
         guide = _cdf_guide(csr, weights, order.numel() * k)
     n = order.numel()
     users = torch.empty(n, dtype=torch.int64)
@@ -176,23 +174,22 @@ def _sample_triples(
         return users, items, out
     b = _C.sample_triples(np_view(csr.indptr), np_view(csr.indices), n_items, np_view(row_of), np_view(order), k,
                           int(seed) & _MASK64, int(row_offset), True, None if cum is None else np_view(cum),
-                          None if kp is None else np_view(kp), np_view(users), np_view(items), np_view(out).reshape(-1),
-                          int(num_threads or 0), None if guide is None else np_view(guide))
+                          None if P is None else np_view(P), np_view(users), np_view(items), np_view(out).reshape(-1),
+                          int(num_threads or 0), None if guide is None else np_view(guide),
+                          None if kf is None else np_view(kf))
     if b >= 0:
         _raise_no_negatives(csr, users, b, k, True, weights)
     return users, items, out
 
 
-def _weighted_prefix(csr: CSR, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """cum (n_items + 1) and kp (2 * nnz, entry p's pair at 2p and 2p + 1) in float64, cached per CSR and weights version.
-
-    ``cum`` is the CDF of the weights (``cum[0] = 0``). With ``G`` the prefix of the weights over
-    the stored entries and ``s`` the start of entry p's row, ``kp[2p] = cum[indices[p]] - (G[p] -
-    G[s])`` (the complement mass below the entry's item: the row search's key) and ``kp[2p + 1] =
-    G[p + 1] - G[s]`` (the row's weight through the entry). The kernels read one key per search
-    step, as uniform sampling reads one index (recfast/sampling.h)."""
+def _weighted_prefix(csr: CSR, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The weighted tables (recfast/sampling.h), cached per CSR and weights version: ``cum``
+    (n_items + 1, float64), the CDF of the weights; ``P`` (nnz, float64), the row's weight through
+    each stored entry; ``kf`` (nnz, float32), each entry's search key (the complement mass below
+    its item) rounded down. The row search reads kf, 4 bytes an entry as uniform sampling reads
+    int32 indices."""
     entry = _weighted_entry(csr, weights)
-    return entry[2], entry[3]
+    return entry[2], entry[3], entry[4]
 
 
 def _weighted_entry(csr: CSR, weights: torch.Tensor) -> list:
@@ -208,15 +205,19 @@ def _weighted_entry(csr: CSR, weights: torch.Tensor) -> list:
         raise ValueError("sample_negatives: weights must be finite")
     if bool((w < 0).any()):
         raise ValueError(f"sample_negatives: weights must be non-negative, got {float(w.min())}")
-    cum, kp = _weighted_tables(csr.indptr, csr.indices, w)
-    entry = [weakref.ref(weights), version, cum, kp, None]  # the CPU guide table, built on demand
+    cum, P, kf = _weighted_tables(csr.indptr, csr.indices, w)
+    entry = [weakref.ref(weights), version, cum, P, kf, None]  # the CPU guide table, built on demand
     _WEIGHT_CACHE[csr] = entry
     return entry
 
 
-def _weighted_tables(indptr: torch.Tensor, indices: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """cum and kp (see _weighted_prefix) from float64 weights, on their device. Elementwise float64
-    subtractions, so the kernels' on-the-fly arithmetic (and the reference's) gives the same bits."""
+def _weighted_tables(indptr: torch.Tensor, indices: torch.Tensor,
+                     w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """cum, P and kf (see _weighted_prefix) from float64 weights, on their device. With G the
+    prefix of the weights over the stored entries and s the start of entry p's row:
+    ``P[p] = G[p + 1] - G[s]`` and ``kf[p] <= cum[indices[p]] - (G[p] - G[s])``, the largest
+    float32 that is. Elementwise float64 subtractions, so the kernels' exact keys (cum of the item
+    minus the previous entry's P) give the same bits as this."""
     zero = torch.zeros(1, dtype=torch.float64, device=w.device)
     idx = indices.to(device=w.device, dtype=torch.int64)
     ip = indptr.to(device=w.device, dtype=torch.int64)
@@ -224,11 +225,13 @@ def _weighted_tables(indptr: torch.Tensor, indices: torch.Tensor, w: torch.Tenso
     G = torch.cat([zero, torch.cumsum(w[idx], 0)])
     # G[s] of each entry's row: the row starts repeated over the row lengths.
     base = torch.repeat_interleave(G[ip[:-1]], ip[1:] - ip[:-1], output_size=idx.numel())
-    kp = torch.empty(idx.numel(), 2, dtype=torch.float64, device=w.device)
-    torch.sub(G[:-1], base, out=kp[:, 1])
-    torch.sub(cum[idx], kp[:, 1], out=kp[:, 0])
-    torch.sub(G[1:], base, out=kp[:, 1])
-    return cum, kp.view(-1)
+    key = cum[idx] - (G[:-1] - base)
+    P = G[1:] - base
+    del G, base
+    kf = key.to(torch.float32)
+    above = kf.to(torch.float64) > key  # rounded up (or to inf): take the float32 below
+    kf[above] = torch.nextafter(kf[above], torch.tensor(-float("inf"), device=w.device))
+    return cum, P, kf
 
 
 def _cdf_guide(csr: CSR, weights: torch.Tensor, draws: int) -> torch.Tensor | None:
@@ -236,15 +239,15 @@ def _cdf_guide(csr: CSR, weights: torch.Tensor, draws: int) -> torch.Tensor | No
     call (batch * K) repay its O(n_items) cost, as the kernel would build it itself, and passed
     to every later call with the same weights (the output is the same with or without it)."""
     entry = _weighted_entry(csr, weights)
-    if entry[4] is not None:
-        return entry[4]
+    if entry[5] is not None:
+        return entry[5]
     cum = entry[2]
     n_items = cum.numel() - 1
     if cum.device.type != "cpu" or n_items <= 1 or draws < n_items // 4 + 64 or not float(cum[-1]) > 0.0:
         return None
     guide = torch.empty(n_items + 1, dtype=torch.int64)
     _C.sampling_cdf_guide(np_view(cum), np_view(guide))
-    entry[4] = guide
+    entry[5] = guide
     return guide
 
 
@@ -267,9 +270,9 @@ def _sample_epoch_triples(
     ``_sample_triples(csr, row_of, order, num_negatives, seed=seed, weights=weights,
     row_offset=start)``. The loaders validate their arguments; ``row_of`` is int64 (nnz)."""
     k = int(num_negatives)
-    cum = kp = guide = None
+    cum = P = kf = guide = None
     if weights is not None:
-        cum, kp = _weighted_prefix(csr, weights)
+        cum, P, kf = _weighted_prefix(csr, weights)
         guide = _cdf_guide(csr, weights, length * k)
     users = torch.empty(length, dtype=torch.int64)
     items = torch.empty(length, dtype=torch.int64)
@@ -278,9 +281,9 @@ def _sample_epoch_triples(
         return users, items, out
     b = _C.sample_epoch_triples(np_view(csr.indptr), np_view(csr.indices), csr.n_cols, np_view(row_of), bool(shuffle),
                                 int(order_seed) & _MASK64, int(start), k, int(seed) & _MASK64, True,
-                                None if cum is None else np_view(cum), None if kp is None else np_view(kp),
+                                None if cum is None else np_view(cum), None if P is None else np_view(P),
                                 None if guide is None else np_view(guide), np_view(users), np_view(items),
-                                np_view(out).reshape(-1), int(num_threads or 0))
+                                np_view(out).reshape(-1), int(num_threads or 0), None if kf is None else np_view(kf))
     if b >= 0:
         _raise_no_negatives(csr, users, b, k, True, weights)
     return users, items, out
@@ -339,6 +342,19 @@ def _rng_unit(bits: np.ndarray) -> np.ndarray:
     return (bits >> np.uint64(11)).astype(np.float64) * (1.0 / 9007199254740992.0)
 
 
+def _search_count(vals: np.ndarray, t: float) -> int:
+    """The kernels' binary search: the first position whose value is > t, if vals is sorted."""
+    lo, n = 0, len(vals)
+    while n > 0:
+        half = n >> 1
+        mid = lo + half
+        if vals[mid] <= t:
+            lo, n = mid + 1, n - half - 1
+        else:
+            n = half
+    return lo
+
+
 def _sample_negatives_reference(
     csr: CSR,
     users: torch.Tensor,
@@ -363,8 +379,7 @@ def _sample_negatives_reference(
     counters = np.arange(k, dtype=np.uint64)
     w = None if weights is None else weights.detach().cpu().numpy().astype(np.float64)
     if w is not None:
-        cum_t, kp_t = _weighted_tables(c.indptr, c.indices, torch.from_numpy(w))
-        cum, kp_np = cum_t.numpy(), kp_t.numpy()
+        cum, P, kf = (x.numpy() for x in _weighted_tables(c.indptr, c.indices, torch.from_numpy(w)))
     for b, u in enumerate(users_np):
         row = indices[indptr[u]:indptr[u + 1]]
         complement = np.setdiff1d(np.arange(n_items), row)
@@ -384,8 +399,8 @@ def _sample_negatives_reference(
             continue
         local = list(row)
         # The kernel's float arithmetic: local_G[j] = P_j, the weight of the row's first j entries
-        # (kp's second column, from the prefix over all stored entries), updated as items join.
-        local_G = [0.0] + list(kp_np[2 * indptr[u] + 1:2 * indptr[u + 1]:2])
+        # (from the prefix over all stored entries: the P table), updated as items join.
+        local_G = [0.0] + list(P[indptr[u]:indptr[u + 1]])
         for kk in range(k):
             arr = np.array(local, dtype=np.int64)
             lg = np.array(local_G)
@@ -395,7 +410,15 @@ def _sample_negatives_reference(
             t = _rng_unit(bits[kk:kk + 1])[0] * mass
             # Row items whose complement mass below them is <= t lie before the answer; shift t by
             # their mass and find t's interval in the global CDF (the kernel's arithmetic).
-            j = int(np.count_nonzero(cum[arr] - (lg[:len(local)] - lg[0]) <= t))
+            exact = cum[arr] - (lg[:len(local)] - lg[0])
+            if replace:
+                # The kernel's two steps: search the rounded-down keys, confirm by the exact key
+                # of the last entry counted, else search the exact keys before it.
+                j = _search_count(kf[indptr[u]:indptr[u + 1]].astype(np.float64), t)
+                if j > 0 and not exact[j - 1] <= t:
+                    j = _search_count(exact[:j - 1], t)
+            else:
+                j = int(np.count_nonzero(exact <= t))
             ta = t + (lg[j] - lg[0])
             ok = (cum[1:] - cum[:-1] > 0) & ~np.isin(np.arange(n_items), arr)
             x = min(int(np.searchsorted(cum[1:], ta, side="right")), n_items - 1)

@@ -36,13 +36,15 @@ namespace recfast {
 //   weight of a row's first j entries is P_j = G[s + j] - G[s] (s = indptr[u]);
 //   the complement mass below item x is C(x) = cum[x] - P_{#row entries < x}.
 // A target t in [0, C(n_items)) maps to the smallest x with C(x + 1) > t, which is never a row
-// item (those add no mass). The kernels read `kp` (2 * nnz doubles, built once per (csr, weights)
-// by the caller): for stored entry p = s + j of row u,
-//   kp[2p]     = cum[indices[p]] - (G[p] - G[s])      = C(row[j]), the search key of entry j;
-//   kp[2p + 1] = G[p + 1] - G[s]                      = P_{j+1}, the row's weight through entry j.
-// So a row search is one load per step, as for uniform draws, and the shift after it sits next to
-// the last key the search read. The same expressions in the same order give the same bits as
-// computing them on the fly from cum and G.
+// item (those add no mass). The kernels read two tables per stored entry p = s + j, built once per
+// (csr, weights) by the caller (recfast/ops/sampling.py):
+//   P[p]  = G[p + 1] - G[s], the row's weight through entry j (P_{j+1}; P_0 = 0 is implicit);
+//   kf[p] = the largest float32 <= key_j, where key_j = cum[row[j]] - P_j = C(row[j]).
+// The row search reads kf, 4 bytes an entry like the uniform search's int32 indices, so its cache
+// footprint and its one load per step match uniform sampling. kf[j] <= key_j, so it counts every
+// entry with key_j <= t and perhaps a few more whose key lies within a float32 rounding above t;
+// one exact key (the last entry counted) confirms the count, else an exact search of the entries
+// before it gives it (rare: t must fall within 2^-24 relative of a key).
 template <typename I>
 RF_HD std::int64_t row_below(const I* row, std::int64_t deg, std::int64_t x) {
   std::int64_t lo = 0, hi = deg;
@@ -57,33 +59,37 @@ RF_HD std::int64_t row_below(const I* row, std::int64_t deg, std::int64_t x) {
   return lo;
 }
 
-// P_j of a row from its kp entries (rowkp = kp + 2 * s): 0 for j = 0.
-RF_HD double row_prefix(const double* rowkp, std::int64_t j) { return j > 0 ? rowkp[2 * j - 1] : 0.0; }
+// P_j of a row from its P entries (rowP = P + s).
+RF_HD double row_prefix(const double* rowP, std::int64_t j) { return j > 0 ? rowP[j - 1] : 0.0; }
 
-// The three steps of a weighted draw, shared by weighted_unseen and the CPU's lockstep lanes.
-// C(row[j]) is non-decreasing in j, and the answer x lies after exactly j* = #{j : C(row[j]) <= t}
-// row items. Shifting t by those items' mass (P_{j*}) turns the complement search into one search
-// of the global CDF: cum[x] <= t + P_{j*} < cum[x + 1]. Two branchless searches,
-// O(log deg + log n_items). Integer masks rather than conditionals: the comparisons are
+// key_j = C(row[j]), exactly as the tables were built from it.
+template <typename I>
+RF_HD double row_key(const double* cum, const I* row, const double* rowP, std::int64_t j) {
+  return cum[static_cast<std::int64_t>(row[j])] - row_prefix(rowP, j);
+}
+
+// #{j < n : kf[j] <= t} for the row's rounded-down keys (a branchless lower bound; kf is
+// non-decreasing, as the keys are). Integer masks rather than conditionals: the comparisons are
 // unpredictable.
-RF_HD std::int64_t weighted_row_count(const double* rowkp, std::int64_t deg, double t) {
-  std::int64_t lo = 0, n = deg;
+RF_HD std::int64_t key32_count(const float* rowf, std::int64_t n, double t) {
+  std::int64_t lo = 0;
   while (n > 0) {
     const std::int64_t half = n >> 1;
     const std::int64_t mid = lo + half;
-    const std::int64_t right = -static_cast<std::int64_t>(rowkp[2 * mid] <= t);
+    const std::int64_t right = -static_cast<std::int64_t>(static_cast<double>(rowf[mid]) <= t);
     lo += (mid + 1 - lo) & right;
     n = (half & ~right) | ((n - half - 1) & right);
   }
   return lo;
 }
 
-// The same count from a row and its prefix rowG (rowG[j] - rowG[0] = P_j), for rows that change
-// between draws (weighted sampling without replacement).
+// #{j < n : key_j <= t} by the exact keys; rowG[j] - rowG[0] = P_j (a row and its prefix, for rows
+// that change between draws: weighted sampling without replacement). For the tables' rows, the
+// same with P_j from rowP.
 template <typename I>
-RF_HD std::int64_t weighted_row_count_prefix(const double* cum, const I* row, const double* rowG, std::int64_t deg,
+RF_HD std::int64_t weighted_row_count_prefix(const double* cum, const I* row, const double* rowG, std::int64_t n,
                                              double t) {
-  std::int64_t lo = 0, n = deg;
+  std::int64_t lo = 0;
   while (n > 0) {
     const std::int64_t half = n >> 1;
     const std::int64_t mid = lo + half;
@@ -95,6 +101,32 @@ RF_HD std::int64_t weighted_row_count_prefix(const double* cum, const I* row, co
   return lo;
 }
 
+template <typename I>
+RF_HD std::int64_t exact_row_count(const double* cum, const I* row, const double* rowP, std::int64_t n, double t) {
+  std::int64_t lo = 0;
+  while (n > 0) {
+    const std::int64_t half = n >> 1;
+    const std::int64_t mid = lo + half;
+    const std::int64_t right = -static_cast<std::int64_t>(row_key(cum, row, rowP, mid) <= t);
+    lo += (mid + 1 - lo) & right;
+    n = (half & ~right) | ((n - half - 1) & right);
+  }
+  return lo;
+}
+
+// The count after the kf search gave `lo`: confirmed by entry lo - 1's exact key, else searched
+// exactly among the entries before it.
+template <typename I>
+RF_HD std::int64_t weighted_row_confirm(const double* cum, const I* row, const double* rowP, std::int64_t lo,
+                                        double t) {
+  if (lo > 0 && !(row_key(cum, row, rowP, lo - 1) <= t)) lo = exact_row_count(cum, row, rowP, lo - 1, t);
+  return lo;
+}
+
+// The three steps of a weighted draw, shared by weighted_unseen and the CPU's lockstep lanes.
+// C(row[j]) is non-decreasing in j, and the answer x lies after exactly j* = #{j : C(row[j]) <= t}
+// row items. Shifting t by those items' mass (P_{j*}) turns the complement search into one search
+// of the global CDF: cum[x] <= t + P_{j*} < cum[x + 1]. Two searches, O(log deg + log n_items).
 // #{x in [a, a + m) : cum[x + 1] <= ta} + a: over [0, n_items) it is the global search.
 RF_HD std::int64_t cdf_count(const double* cum, std::int64_t a, std::int64_t m, double ta) {
   while (m > 0) {
@@ -153,12 +185,12 @@ RF_HD std::int64_t weighted_finish(const double* cum, std::int64_t n_items, cons
   return x;
 }
 
-// A weighted draw from a row's kp entries (rowkp = kp + 2 * indptr[u]).
+// A weighted draw from a row's tables (rowf = kf + s, rowP = P + s).
 template <typename I>
-RF_HD std::int64_t weighted_unseen(const double* cum, std::int64_t n_items, const I* row, const double* rowkp,
-                                   std::int64_t deg, double t) {
-  const std::int64_t lo = weighted_row_count(rowkp, deg, t);
-  const double ta = t + row_prefix(rowkp, lo);
+RF_HD std::int64_t weighted_unseen(const double* cum, std::int64_t n_items, const I* row, const float* rowf,
+                                   const double* rowP, std::int64_t deg, double t) {
+  const std::int64_t lo = weighted_row_confirm(cum, row, rowP, key32_count(rowf, deg, t), t);
+  const double ta = t + row_prefix(rowP, lo);
   return weighted_finish(cum, n_items, row, deg, lo, cdf_count(cum, 0, n_items, ta));
 }
 
@@ -172,8 +204,8 @@ RF_HD std::int64_t weighted_unseen_prefix(const double* cum, std::int64_t n_item
 }
 
 // Complement mass of a row: total weight minus the row's own weight (P_deg).
-RF_HD double complement_mass(const double* cum, std::int64_t n_items, const double* rowkp, std::int64_t deg) {
-  return cum[n_items] - row_prefix(rowkp, deg);
+RF_HD double complement_mass(const double* cum, std::int64_t n_items, const double* rowP, std::int64_t deg) {
+  return cum[n_items] - row_prefix(rowP, deg);
 }
 
 // Uniform draw number `draw` for batch position `pos`: the r-th unseen item of the row.
@@ -210,7 +242,7 @@ namespace recfast::cpu {
 // out[b * K + k] = a negative for user users[b]. The stream of row b is rng_key(seed, row_offset + b)
 // and draw k of that stream is rng_bits(key, k), so any split of the batch with the matching
 // row_offset reproduces the whole batch, on any thread count and on CUDA.
-// cum, kp: nullptr (uniform) or the CDF and per-entry table described above (weighted).
+// cum, P, kf: nullptr (uniform) or the CDF and the per-entry tables described above (weighted).
 // replace == false draws distinct items per row (Floyd's algorithm over complement ranks for
 // uniform; sequential removal of each drawn item's mass for weighted).
 // Returns -1 on success, else the batch position of a user without enough negatives.
@@ -218,7 +250,7 @@ template <typename I>
 std::int64_t sample_negatives(const offset_t* indptr, const I* indices, std::int64_t n_users, std::int64_t n_items,
                               const std::int64_t* users, std::int64_t batch, std::int64_t num_negatives,
                               std::uint64_t seed, std::int64_t row_offset, bool replace, const double* cum,
-                              const double* kp, std::int64_t* out, int num_threads,
+                              const double* P, const float* kf, std::int64_t* out, int num_threads,
                               const std::int64_t* guide = nullptr);
 
 // guide[j] = #{x : cum[x + 1] <= j * cum[n_items] / n_items} for j = 0..n_items (n_items + 1
@@ -235,7 +267,7 @@ template <typename I>
 std::int64_t sample_triples(const offset_t* indptr, const I* indices, std::int64_t n_users, std::int64_t n_items,
                             const std::int64_t* row_of, const std::int64_t* order, std::int64_t batch,
                             std::int64_t num_negatives, std::uint64_t seed, std::int64_t row_offset, bool replace,
-                            const double* cum, const double* kp, std::int64_t* users_out, std::int64_t* items_out,
+                            const double* cum, const double* P, const float* kf, std::int64_t* users_out, std::int64_t* items_out,
                             std::int64_t* out, int num_threads, const std::int64_t* guide = nullptr);
 
 // sample_triples for positions [start, start + batch) of an epoch over the nnz stored entries,
@@ -248,7 +280,7 @@ std::int64_t sample_epoch_triples(const offset_t* indptr, const I* indices, std:
                                   std::int64_t n_items, const std::int64_t* row_of, std::int64_t nnz, bool shuffle,
                                   std::uint64_t order_seed, std::int64_t start, std::int64_t batch,
                                   std::int64_t num_negatives, std::uint64_t seed, bool replace, const double* cum,
-                                  const double* kp, const std::int64_t* guide, std::int64_t* users_out,
+                                  const double* P, const float* kf, const std::int64_t* guide, std::int64_t* users_out,
                                   std::int64_t* items_out, std::int64_t* out, int num_threads);
 
 // The uniform kernel's instruction set, for tests and benchmarks: "auto" (AVX-512 where the CPU
@@ -273,7 +305,7 @@ namespace recfast::cuda {
 template <typename I>
 void sample_negatives(const offset_t* indptr, const I* indices, std::int64_t n_items, const std::int64_t* users,
                       std::int64_t batch, std::int64_t num_negatives, std::uint64_t seed, std::int64_t row_offset,
-                      bool replace, const double* cum, const double* kp, std::int64_t* out, std::int64_t* bad,
+                      bool replace, const double* cum, const double* P, const float* kf, std::int64_t* out, std::int64_t* bad,
                       CUstream_st* stream);
 
 }  // namespace recfast::cuda
