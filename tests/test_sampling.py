@@ -382,7 +382,7 @@ def test_cached_guide_table_gives_the_same_draws() -> None:
     csr = random_csr(120, 400, 0.1, seed=5)
     w = torch.rand(400, generator=torch.Generator().manual_seed(0), dtype=torch.float64) ** 4
     w[::5] = 0.0
-    cum, P, kf = _weighted_prefix(csr, w)
+    cum, entries = _weighted_prefix(csr, w)
     assert _cdf_guide(csr, w, 10) is None  # too few draws to build it
     guide = _cdf_guide(csr, w, 10_000)
     assert guide is not None and _cdf_guide(csr, w, 1) is guide
@@ -393,14 +393,14 @@ def test_cached_guide_table_gives_the_same_draws() -> None:
             for gd in (None, guide):
                 out = torch.empty(batch, k, dtype=torch.int64)
                 assert _C.sample_negatives(np_view(csr.indptr), np_view(csr.indices), 400, np_view(users[:batch]), k,
-                                           5, 0, True, np_view(cum), np_view(P), np_view(out).reshape(-1), 2,
-                                           None if gd is None else np_view(gd), np_view(kf)) == -1
+                                           5, 0, True, np_view(cum), np_view(entries), np_view(out).reshape(-1),
+                                           2, None if gd is None else np_view(gd)) == -1
                 outs.append(out)
             assert torch.equal(outs[0], outs[1])
             assert torch.equal(outs[0], _sample_negatives_ref(csr, users[:batch], k, seed=5, weights=w))
     with pytest.raises(ValueError, match="guide"):
         _C.sample_negatives(np_view(csr.indptr), np_view(csr.indices), 400, np_view(users), 1, 5, 0, True, np_view(cum),
-                            np_view(P), np_view(torch.empty(300, dtype=torch.int64)), 1,
-                            np_view(guide[:-1].clone()), np_view(kf))
+                            np_view(entries), np_view(torch.empty(300, dtype=torch.int64)), 1,
+                            np_view(guide[:-1].clone()))
     with pytest.raises(ValueError, match="total weight"):
         _C.sampling_cdf_guide(np_view(torch.zeros(401, dtype=torch.float64)), np_view(torch.empty(401, dtype=torch.int64)))

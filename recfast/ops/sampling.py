@@ -21,7 +21,7 @@ from ..csr import CSR
 __all__ = ["sample_negatives"]
 
 _MASK64 = (1 << 64) - 1
-# Per-CSR cache of the weighted tables: [weakref to the weights tensor, its _version, cum, P, kf, guide].
+# Per-CSR cache of the weighted tables: [weakref to the weights tensor, its _version, cum, entries, guide].
 _WEIGHT_CACHE: "weakref.WeakKeyDictionary[CSR, tuple]" = weakref.WeakKeyDictionary()
 
 
@@ -85,13 +85,13 @@ def sample_negatives(
     n_users, n_items = csr.shape
     k = int(num_negatives)
     check_range(op, "users", users, n_users)
-    cum = P = kf = None
+    cum = ent = None
     if weights is not None:
         check_tensor(op, "weights", weights, dtypes=(torch.float32, torch.float64), ndim=1, device=csr.device,
                      contiguous=False)
         if weights.numel() != n_items:
             raise ValueError(f"{op}: weights has {weights.numel()} entries, expected n_items = {n_items}")
-        cum, P, kf = _weighted_prefix(csr, weights)
+        cum, ent = _weighted_prefix(csr, weights)
     seed = int(seed) & _MASK64
     users64 = users.to(torch.int64).contiguous()
     out = torch.empty(users64.numel(), k, dtype=torch.int64, device=csr.device)
@@ -107,8 +107,8 @@ def sample_negatives(
         with torch.cuda.device(csr.device):
             mod.sample_negatives(csr.indptr.data_ptr(), csr.indices.data_ptr(), csr.indices.dtype == torch.int64,
                                  n_items, users64.data_ptr(), users64.numel(), k, seed, int(row_offset), bool(replace),
-                                 0 if cum is None else cum.data_ptr(), 0 if P is None else P.data_ptr(),
-                                 0 if kf is None else kf.data_ptr(), out.data_ptr(), bad.data_ptr(), stream_of(out))
+                                 0 if cum is None else cum.data_ptr(), 0 if ent is None else ent.data_ptr(),
+                                 out.data_ptr(), bad.data_ptr(), stream_of(out))
         b = int(bad.item())
         if b < users64.numel():
             _raise_no_negatives(csr, users64, b, k, replace, weights)
@@ -119,11 +119,11 @@ def sample_negatives(
     on_cpu = csr.device.type == "cpu"
     c = csr if on_cpu else csr.to("cpu")
     host_out = out if on_cpu else torch.empty_like(out, device="cpu")
-    tables = (None, None, None) if cum is None else tuple(np_view(x.cpu()) for x in (cum, P, kf))
+    tables = (None, None) if cum is None else (np_view(cum.cpu()), np_view(ent.cpu()))
     guide = _cdf_guide(csr, weights, users64.numel() * k) if on_cpu and weights is not None and replace else None
     b = _C.sample_negatives(np_view(c.indptr), np_view(c.indices), n_items, np_view(users64.cpu()), k, seed,
                             int(row_offset), bool(replace), tables[0], tables[1], np_view(host_out).reshape(-1),
-                            nt, None if guide is None else np_view(guide), tables[2])
+                            nt, None if guide is None else np_view(guide))
     if b >= 0:
         _raise_no_negatives(csr, users64, b, k, replace, weights)
     return out if on_cpu else host_out.to(csr.device)
@@ -162,9 +162,9 @@ def _sample_triples(
         check_range(op, "order", order, csr.nnz)
     n_items = csr.n_cols
     k = int(num_negatives)
-    cum = P = kf = guide = None
+    cum = ent = guide = None
     if weights is not None:
-        cum, P, kf = _weighted_prefix(csr, weights)
+        cum, ent = _weighted_prefix(csr, weights)
         guide = _cdf_guide(csr, weights, order.numel() * k)
     n = order.numel()
     users = torch.empty(n, dtype=torch.int64)
@@ -174,22 +174,21 @@ def _sample_triples(
         return users, items, out
     b = _C.sample_triples(np_view(csr.indptr), np_view(csr.indices), n_items, np_view(row_of), np_view(order), k,
                           int(seed) & _MASK64, int(row_offset), True, None if cum is None else np_view(cum),
-                          None if P is None else np_view(P), np_view(users), np_view(items), np_view(out).reshape(-1),
-                          int(num_threads or 0), None if guide is None else np_view(guide),
-                          None if kf is None else np_view(kf))
+                          None if ent is None else np_view(ent), np_view(users), np_view(items),
+                          np_view(out).reshape(-1), int(num_threads or 0), None if guide is None else np_view(guide))
     if b >= 0:
         _raise_no_negatives(csr, users, b, k, True, weights)
     return users, items, out
 
 
-def _weighted_prefix(csr: CSR, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _weighted_prefix(csr: CSR, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The weighted tables (recfast/sampling.h), cached per CSR and weights version: ``cum``
-    (n_items + 1, float64), the CDF of the weights; ``P`` (nnz, float64), the row's weight through
-    each stored entry; ``kf`` (nnz, float32), each entry's search key (the complement mass below
-    its item) rounded down. The row search reads kf, 4 bytes an entry as uniform sampling reads
-    int32 indices."""
+    (n_items + 1, float64), the CDF of the weights, and ``entries``, one record per stored entry
+    (P, item, kf; see _weighted_tables) packed as float64 units: 16 bytes with int32 indices, 24
+    with int64. The row search reads kf from the records; the draw's other reads from the row
+    (P, the exact key, the items around the answer) come from the records it read last."""
     entry = _weighted_entry(csr, weights)
-    return entry[2], entry[3], entry[4]
+    return entry[2], entry[3]
 
 
 def _weighted_entry(csr: CSR, weights: torch.Tensor) -> list:
@@ -206,7 +205,9 @@ def _weighted_entry(csr: CSR, weights: torch.Tensor) -> list:
     if bool((w < 0).any()):
         raise ValueError(f"sample_negatives: weights must be non-negative, got {float(w.min())}")
     cum, P, kf = _weighted_tables(csr.indptr, csr.indices, w)
-    entry = [weakref.ref(weights), version, cum, P, kf, None]  # the CPU guide table, built on demand
+    entries = _pack_entries(P, csr.indices.to(w.device), kf)
+    del P, kf
+    entry = [weakref.ref(weights), version, cum, entries, None]  # the CPU guide table, built on demand
     _WEIGHT_CACHE[csr] = entry
     return entry
 
@@ -234,20 +235,35 @@ def _weighted_tables(indptr: torch.Tensor, indices: torch.Tensor,
     return cum, P, kf
 
 
+def _pack_entries(P: torch.Tensor, indices: torch.Tensor, kf: torch.Tensor) -> torch.Tensor:
+    """The kernels' records ``{double P; I item; float kf}`` (C layout: 16 bytes for int32 items,
+    24 for int64) as a flat float64 tensor."""
+    units = 2 if indices.dtype == torch.int32 else 3
+    rec = torch.zeros(P.numel(), units, dtype=torch.float64, device=P.device)
+    rec[:, 0] = P
+    if units == 2:
+        rec.view(torch.int32)[:, 2] = indices
+        rec.view(torch.float32)[:, 3] = kf
+    else:
+        rec.view(torch.int64)[:, 1] = indices
+        rec.view(torch.float32)[:, 4] = kf
+    return rec.view(-1)
+
+
 def _cdf_guide(csr: CSR, weights: torch.Tensor, draws: int) -> torch.Tensor | None:
     """The CPU kernel's guide table over the cached CDF, cached with it; built once the draws of a
     call (batch * K) repay its O(n_items) cost, as the kernel would build it itself, and passed
     to every later call with the same weights (the output is the same with or without it)."""
     entry = _weighted_entry(csr, weights)
-    if entry[5] is not None:
-        return entry[5]
+    if entry[4] is not None:
+        return entry[4]
     cum = entry[2]
     n_items = cum.numel() - 1
     if cum.device.type != "cpu" or n_items <= 1 or draws < n_items // 4 + 64 or not float(cum[-1]) > 0.0:
         return None
     guide = torch.empty(n_items + 1, dtype=torch.int64)
     _C.sampling_cdf_guide(np_view(cum), np_view(guide))
-    entry[5] = guide
+    entry[4] = guide
     return guide
 
 
@@ -270,9 +286,9 @@ def _sample_epoch_triples(
     ``_sample_triples(csr, row_of, order, num_negatives, seed=seed, weights=weights,
     row_offset=start)``. The loaders validate their arguments; ``row_of`` is int64 (nnz)."""
     k = int(num_negatives)
-    cum = P = kf = guide = None
+    cum = ent = guide = None
     if weights is not None:
-        cum, P, kf = _weighted_prefix(csr, weights)
+        cum, ent = _weighted_prefix(csr, weights)
         guide = _cdf_guide(csr, weights, length * k)
     users = torch.empty(length, dtype=torch.int64)
     items = torch.empty(length, dtype=torch.int64)
@@ -281,9 +297,9 @@ def _sample_epoch_triples(
         return users, items, out
     b = _C.sample_epoch_triples(np_view(csr.indptr), np_view(csr.indices), csr.n_cols, np_view(row_of), bool(shuffle),
                                 int(order_seed) & _MASK64, int(start), k, int(seed) & _MASK64, True,
-                                None if cum is None else np_view(cum), None if P is None else np_view(P),
+                                None if cum is None else np_view(cum), None if ent is None else np_view(ent),
                                 None if guide is None else np_view(guide), np_view(users), np_view(items),
-                                np_view(out).reshape(-1), int(num_threads or 0), None if kf is None else np_view(kf))
+                                np_view(out).reshape(-1), int(num_threads or 0))
     if b >= 0:
         _raise_no_negatives(csr, users, b, k, True, weights)
     return users, items, out
