@@ -318,6 +318,32 @@ def test_weighted_avx512_and_scalar_paths_are_bit_identical(restore_sampling_isa
             sample_negatives(full, users, 2, seed=0, weights=torch.ones(500))
 
 
+@pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64])
+def test_weighted_rounded_keys_fall_back_to_exact_keys(restore_sampling_isa, index_dtype) -> None:
+    """The row search reads each entry's key rounded down to float32 and confirms the count with
+    one exact key. Weights whose sums pass float32's range (every key above it rounds to the
+    largest float32) make nearly every draw take the exact-key search instead; the draws still
+    equal the reference's, on every path, and stay exact."""
+    csr = random_csr(200, 400, 0.08, seed=16, index_dtype=index_dtype)
+    g = torch.Generator().manual_seed(3)
+    w = torch.rand(400, generator=g, dtype=torch.float64) * 1e37
+    w[::9] = 0.0
+    from recfast.ops.sampling import _weighted_prefix
+    entries = _weighted_prefix(csr, w)[1]
+    units = 2 if index_dtype == torch.int32 else 3
+    kf = entries.view(torch.float32).view(csr.nnz, 2 * units)[:, 3 if units == 2 else 4]
+    assert bool((kf == torch.finfo(torch.float32).max).float().mean() > 0.5)
+    users = torch.randint(0, 200, (1500,), generator=g)
+    got = {}
+    for isa in recfast._C.sampling_isas():
+        recfast._C.set_sampling_isa(isa)
+        got[isa] = sample_negatives(csr, users, 2, seed=4, weights=w, num_threads=2)
+    assert torch.equal(got["scalar"], got.get("avx512", got["scalar"]))
+    assert torch.equal(got["scalar"][:60], _sample_negatives_ref(csr, users[:60], 2, seed=4, weights=w))
+    _assert_never_positive(csr, users, got["scalar"])
+    assert bool((w[got["scalar"]] > 0).all())
+
+
 def test_sampling_isa_switch(restore_sampling_isa) -> None:
     assert recfast._C.sampling_isa() in ("auto", "scalar", "avx512")
     assert "scalar" in recfast._C.sampling_isas()
