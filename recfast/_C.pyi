@@ -26,20 +26,20 @@ def csr_from_coo_i64(
 def sample_negatives(
     indptr: npt.NDArray[np.int64], indices: npt.NDArray[Any], n_items: int, users: npt.NDArray[np.int64],
     num_negatives: int, seed: int, row_offset: int, replace: bool, cum: npt.NDArray[np.float64] | None,
-    G: npt.NDArray[np.float64] | None, out: npt.NDArray[np.int64], num_threads: int,
+    entries: npt.NDArray[np.float64] | None, out: npt.NDArray[np.int64], num_threads: int,
     guide: npt.NDArray[np.int64] | None = None,
 ) -> int: ...
 def sample_triples(
     indptr: npt.NDArray[np.int64], indices: npt.NDArray[Any], n_items: int, row_of: npt.NDArray[np.int64],
     order: npt.NDArray[np.int64], num_negatives: int, seed: int, row_offset: int, replace: bool,
-    cum: npt.NDArray[np.float64] | None, G: npt.NDArray[np.float64] | None, users_out: npt.NDArray[np.int64],
+    cum: npt.NDArray[np.float64] | None, entries: npt.NDArray[np.float64] | None, users_out: npt.NDArray[np.int64],
     items_out: npt.NDArray[np.int64], out: npt.NDArray[np.int64], num_threads: int,
     guide: npt.NDArray[np.int64] | None = None,
 ) -> int: ...
 def sample_epoch_triples(
     indptr: npt.NDArray[np.int64], indices: npt.NDArray[Any], n_items: int, row_of: npt.NDArray[np.int64],
     shuffle: bool, order_seed: int, start: int, num_negatives: int, seed: int, replace: bool,
-    cum: npt.NDArray[np.float64] | None, G: npt.NDArray[np.float64] | None, guide: npt.NDArray[np.int64] | None,
+    cum: npt.NDArray[np.float64] | None, entries: npt.NDArray[np.float64] | None, guide: npt.NDArray[np.int64] | None,
     users_out: npt.NDArray[np.int64], items_out: npt.NDArray[np.int64], out: npt.NDArray[np.int64],
     num_threads: int,
 ) -> int: ...
@@ -90,7 +90,7 @@ def bpr_backward(
     user_emb: npt.NDArray[Any], item_emb: npt.NDArray[Any], users: npt.NDArray[np.int64], pos: npt.NDArray[np.int64],
     neg: npt.NDArray[np.int64], coef: npt.NDArray[Any], scale: npt.NDArray[Any], l2: float,
     urow: npt.NDArray[np.int64], prow: npt.NDArray[np.int64], nrow: npt.NDArray[np.int64], grad_user: npt.NDArray[Any],
-    grad_item: npt.NDArray[Any], grad_bias: npt.NDArray[Any] | None, num_threads: int,
+    grad_item: npt.NDArray[Any], grad_bias: npt.NDArray[Any] | None, num_threads: int, zero: bool = False,
 ) -> None: ...
 def bpr_sgd_step(
     user_emb: npt.NDArray[np.float32], item_emb: npt.NDArray[np.float32], item_bias: npt.NDArray[np.float32] | None,

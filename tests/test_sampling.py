@@ -318,6 +318,32 @@ def test_weighted_avx512_and_scalar_paths_are_bit_identical(restore_sampling_isa
             sample_negatives(full, users, 2, seed=0, weights=torch.ones(500))
 
 
+@pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64])
+def test_weighted_rounded_keys_fall_back_to_exact_keys(restore_sampling_isa, index_dtype) -> None:
+    """The row search reads each entry's key rounded down to float32 and confirms the count with
+    one exact key. Weights whose sums pass float32's range (every key above it rounds to the
+    largest float32) make nearly every draw take the exact-key search instead; the draws still
+    equal the reference's, on every path, and stay exact."""
+    csr = random_csr(200, 400, 0.08, seed=16, index_dtype=index_dtype)
+    g = torch.Generator().manual_seed(3)
+    w = torch.rand(400, generator=g, dtype=torch.float64) * 1e37
+    w[::9] = 0.0
+    from recfast.ops.sampling import _weighted_prefix
+    entries = _weighted_prefix(csr, w)[1]
+    units = 2 if index_dtype == torch.int32 else 3
+    kf = entries.view(torch.float32).view(csr.nnz, 2 * units)[:, 3 if units == 2 else 4]
+    assert bool((kf == torch.finfo(torch.float32).max).float().mean() > 0.5)
+    users = torch.randint(0, 200, (1500,), generator=g)
+    got = {}
+    for isa in recfast._C.sampling_isas():
+        recfast._C.set_sampling_isa(isa)
+        got[isa] = sample_negatives(csr, users, 2, seed=4, weights=w, num_threads=2)
+    assert torch.equal(got["scalar"], got.get("avx512", got["scalar"]))
+    assert torch.equal(got["scalar"][:60], _sample_negatives_ref(csr, users[:60], 2, seed=4, weights=w))
+    _assert_never_positive(csr, users, got["scalar"])
+    assert bool((w[got["scalar"]] > 0).all())
+
+
 def test_sampling_isa_switch(restore_sampling_isa) -> None:
     assert recfast._C.sampling_isa() in ("auto", "scalar", "avx512")
     assert "scalar" in recfast._C.sampling_isas()
@@ -382,7 +408,7 @@ def test_cached_guide_table_gives_the_same_draws() -> None:
     csr = random_csr(120, 400, 0.1, seed=5)
     w = torch.rand(400, generator=torch.Generator().manual_seed(0), dtype=torch.float64) ** 4
     w[::5] = 0.0
-    cum, G = _weighted_prefix(csr, w)
+    cum, entries = _weighted_prefix(csr, w)
     assert _cdf_guide(csr, w, 10) is None  # too few draws to build it
     guide = _cdf_guide(csr, w, 10_000)
     assert guide is not None and _cdf_guide(csr, w, 1) is guide
@@ -393,14 +419,14 @@ def test_cached_guide_table_gives_the_same_draws() -> None:
             for gd in (None, guide):
                 out = torch.empty(batch, k, dtype=torch.int64)
                 assert _C.sample_negatives(np_view(csr.indptr), np_view(csr.indices), 400, np_view(users[:batch]), k,
-                                           5, 0, True, np_view(cum), np_view(G), np_view(out).reshape(-1), 2,
-                                           None if gd is None else np_view(gd)) == -1
+                                           5, 0, True, np_view(cum), np_view(entries), np_view(out).reshape(-1),
+                                           2, None if gd is None else np_view(gd)) == -1
                 outs.append(out)
             assert torch.equal(outs[0], outs[1])
             assert torch.equal(outs[0], _sample_negatives_ref(csr, users[:batch], k, seed=5, weights=w))
     with pytest.raises(ValueError, match="guide"):
         _C.sample_negatives(np_view(csr.indptr), np_view(csr.indices), 400, np_view(users), 1, 5, 0, True, np_view(cum),
-                            np_view(G), np_view(torch.empty(300, dtype=torch.int64)), 1,
+                            np_view(entries), np_view(torch.empty(300, dtype=torch.int64)), 1,
                             np_view(guide[:-1].clone()))
     with pytest.raises(ValueError, match="total weight"):
         _C.sampling_cdf_guide(np_view(torch.zeros(401, dtype=torch.float64)), np_view(torch.empty(401, dtype=torch.int64)))

@@ -1,6 +1,7 @@
 #include "recfast/sampling.h"
 
 #include <atomic>
+#include <cstddef>
 #include <cstdlib>
 #include <cstring>
 #include <vector>
@@ -83,27 +84,31 @@ void uniform_lanes(const offset_t* indptr, const I* indices, std::int64_t n_item
 }
 
 // Weighted draws with replacement for rows [b0, b0 + L), the same arithmetic as weighted_unseen:
-// the L row searches (two dependent loads per step: row[mid], then cum[row[mid]]) and the L
-// bracketed CDF searches run in lockstep so that their cache misses overlap.
+// the L row searches (one load per step, the entry record's rounded key) and the L bracketed CDF
+// searches run in lockstep so that their cache misses overlap.
 template <typename I, int L>
 void weighted_lanes(const offset_t* indptr, const I* indices, std::int64_t n_items, const std::int64_t* users,
                     std::int64_t b0, std::int64_t K, std::uint64_t seed, std::int64_t row_offset, const double* cum,
-                    const double* G, const std::int64_t* guide, std::int64_t M, double inv_h, std::int64_t* out,
-                    std::atomic<std::int64_t>& first_bad, std::int64_t prefetch_end) {
+                    const WeightedEntry<I>* entries, const std::int64_t* guide, std::int64_t M, double inv_h,
+                    std::int64_t* out, std::atomic<std::int64_t>& first_bad, std::int64_t prefetch_end) {
   static const I zero_row[1] = {0};
   if (prefetch_end > b0 + 3 * L) {
     for (int l = 0; l < L; ++l) __builtin_prefetch(indptr + users[b0 + 2 * L + l]);
     for (int l = 0; l < L; ++l) {
       const std::int64_t u = users[b0 + L + l];
-      const offset_t mid = (indptr[u] + indptr[u + 1]) >> 1;
-      __builtin_prefetch(indices + mid);
-      __builtin_prefetch(G + mid);
-      __builtin_prefetch(G + indptr[u]);
-      __builtin_prefetch(G + indptr[u + 1]);
+      // The row's weight (its last P), which sets the draw's scale, and the search's first two
+      // levels of keys: records are 4 to a cache line, so the first probes are misses.
+      const offset_t s0 = indptr[u], d = indptr[u + 1] - s0;
+      __builtin_prefetch(entries + s0 + d - 1);
+      __builtin_prefetch(entries + s0 + (d >> 1));
+      if (d > 8) {
+        __builtin_prefetch(entries + s0 + (d >> 2));
+        __builtin_prefetch(entries + s0 + (d >> 1) + (d >> 2));
+      }
     }
   }
   const I* row[L];
-  const double* rowG[L];
+  const WeightedEntry<I>* rowe[L];
   std::int64_t deg[L];
   double mass[L];
   std::uint64_t key[L];
@@ -114,8 +119,8 @@ void weighted_lanes(const offset_t* indptr, const I* indices, std::int64_t n_ite
     const offset_t start = indptr[u];
     deg[l] = indptr[u + 1] - start;
     row[l] = deg[l] > 0 ? indices + start : zero_row;
-    rowG[l] = G + start;
-    mass[l] = complement_mass(cum, n_items, rowG[l], deg[l]);
+    rowe[l] = entries + start;
+    mass[l] = complement_mass(cum, n_items, rowe[l], deg[l]);
     ok[l] = mass[l] > 0.0;
     key[l] = rng_key(seed, static_cast<std::uint64_t>(row_offset + b));
     if (!ok[l]) {
@@ -139,9 +144,7 @@ void weighted_lanes(const offset_t* indptr, const I* indices, std::int64_t n_ite
         const std::int64_t mid = lo[l] + half;
         const std::int64_t live = -static_cast<std::int64_t>(n[l] > 0);
         const std::int64_t ms = mid & live;
-        const std::int64_t right =
-            -static_cast<std::int64_t>(cum[static_cast<std::int64_t>(row[l][ms])] - (rowG[l][ms] - rowG[l][0]) <= t[l]) &
-            live;
+        const std::int64_t right = -static_cast<std::int64_t>(static_cast<double>(rowe[l][ms].kf) <= t[l]) & live;
         lo[l] += (mid + 1 - lo[l]) & right;
         n[l] = (half & ~right) | ((n[l] - half - 1) & right);
         active |= n[l];
@@ -149,7 +152,8 @@ void weighted_lanes(const offset_t* indptr, const I* indices, std::int64_t n_ite
       if (active == 0) break;
     }
     for (int l = 0; l < L; ++l) {
-      ta[l] = t[l] + (rowG[l][lo[l]] - rowG[l][0]);
+      lo[l] = weighted_row_confirm(cum, rowe[l], lo[l], t[l]);
+      ta[l] = t[l] + row_prefix(rowe[l], lo[l]);
       guide_bracket(guide, M, inv_h, ta[l], &a[l], &m[l]);
     }
     for (;;) {
@@ -183,6 +187,11 @@ void weighted_lanes(const offset_t* indptr, const I* indices, std::int64_t n_ite
 // Vectors of 8 rows searched together: 4 keeps enough gathers in flight to hide the rows' load
 // latency (measured on Zen 4: 1 vector ~1x the scalar 8-lane code, 2 ~1.5x, 4 ~2x).
 #define RF_AVX512_VECTORS 4
+#endif
+#ifndef RF_AVX512_WEIGHTED_VECTORS
+// Weighted draws wait on a longer chain after the row search (confirm, guide, CDF search, check):
+// 8 vectors (64 rows) keep more of it in flight (measured on Zen 4, 1 thread: ~10% over 4).
+#define RF_AVX512_WEIGHTED_VECTORS 8
 #endif
 
 RF_AVX512 inline __m512i splitmix64_v(__m512i x) {
@@ -224,6 +233,26 @@ RF_AVX512 inline __m512i gather_index_v(__mmask8 live, __m512i pos, const I* ind
     return _mm512_cvtepi32_epi64(_mm512_mask_i64gather_epi32(_mm256_setzero_si256(), live, pos, indices, 4));
   } else {
     return _mm512_mask_i64gather_epi64(_mm512_setzero_si512(), live, pos, indices, 8);
+  }
+}
+
+// Record p's offset in 8-byte units (records are 2 or 3 of them).
+template <typename I>
+RF_AVX512 inline __m512i rec_index(__m512i p) {
+  if constexpr (sizeof(WeightedEntry<I>) == 16) {
+    return _mm512_add_epi64(p, p);
+  } else {
+    return _mm512_add_epi64(_mm512_add_epi64(p, p), p);
+  }
+}
+
+// Record items at 8-byte-unit offsets `off` from `base`, widened to int64.
+template <typename I>
+RF_AVX512 inline __m512i gather_item_v(__mmask8 live, __m512i off, const I* base) {
+  if constexpr (sizeof(I) == 4) {
+    return _mm512_cvtepi32_epi64(_mm512_mask_i64gather_epi32(_mm256_setzero_si256(), live, off, base, 8));
+  } else {
+    return _mm512_mask_i64gather_epi64(_mm512_setzero_si512(), live, off, base, 8);
   }
 }
 
@@ -298,34 +327,46 @@ RF_AVX512 void uniform_lanes_avx512(const offset_t* indptr, const I* indices, st
 template <typename I, int V>
 RF_AVX512 void weighted_lanes_avx512(const offset_t* indptr, const I* indices, std::int64_t n_items,
                                      const std::int64_t* users, std::int64_t b0, std::int64_t K, std::uint64_t hseed,
-                                     std::int64_t row_offset, const double* cum, const double* G,
+                                     std::int64_t row_offset, const double* cum, const WeightedEntry<I>* entries,
                                      const std::int64_t* guide, std::int64_t M, double inv_h, std::int64_t* out,
                                      std::atomic<std::int64_t>& first_bad, std::int64_t prefetch_end) {
   constexpr int L = 8 * V;
+  // Gathers address the records' fields as arrays of 8-byte units (rec_index) from these bases.
+  const auto* ep = reinterpret_cast<const double*>(entries);
+  const auto* kfp = reinterpret_cast<const float*>(reinterpret_cast<const char*>(entries) +
+                                                   offsetof(WeightedEntry<I>, kf));
+  const auto* itemp = reinterpret_cast<const I*>(reinterpret_cast<const char*>(entries) +
+                                                 offsetof(WeightedEntry<I>, item));
   if (prefetch_end > b0 + 3 * L) {
     for (int l = 0; l < L; ++l) __builtin_prefetch(indptr + users[b0 + 2 * L + l]);
     for (int l = 0; l < L; ++l) {
       const std::int64_t u = users[b0 + L + l];
-      const offset_t mid = (indptr[u] + indptr[u + 1]) >> 1;
-      __builtin_prefetch(indices + mid);
-      __builtin_prefetch(G + mid);
-      __builtin_prefetch(G + indptr[u]);
-      __builtin_prefetch(G + indptr[u + 1]);
+      // The row's weight (its last P), which sets the draw's scale, and the search's first two
+      // levels of keys: records are 4 to a cache line, so the first probes are misses.
+      const offset_t s0 = indptr[u], d = indptr[u + 1] - s0;
+      __builtin_prefetch(entries + s0 + d - 1);
+      __builtin_prefetch(entries + s0 + (d >> 1));
+      if (d > 8) {
+        __builtin_prefetch(entries + s0 + (d >> 2));
+        __builtin_prefetch(entries + s0 + (d >> 1) + (d >> 2));
+      }
     }
   }
   const __m512i one = _mm512_set1_epi64(1);
   const __m512i zero = _mm512_setzero_si512();
   const __m512d zerod = _mm512_setzero_pd();
   __m512i start[V], deg[V], key[V];
-  __m512d g0[V], mass[V];
+  __m512d mass[V];
   __mmask8 ok[V];
   for (int v = 0; v < V; ++v) {
     const __m512i u = _mm512_loadu_si512(users + b0 + 8 * v);
     start[v] = _mm512_i64gather_epi64(u, indptr, 8);
     const __m512i end = _mm512_i64gather_epi64(_mm512_add_epi64(u, one), indptr, 8);
     deg[v] = _mm512_sub_epi64(end, start[v]);
-    g0[v] = _mm512_i64gather_pd(start[v], G, 8);
-    mass[v] = _mm512_sub_pd(_mm512_set1_pd(cum[n_items]), _mm512_sub_pd(_mm512_i64gather_pd(end, G, 8), g0[v]));
+    // P_deg = the row's last record's P, and 0 for an empty row (row_prefix).
+    const __m512d pdeg = _mm512_mask_i64gather_pd(zerod, _mm512_cmpgt_epi64_mask(deg[v], zero),
+                                                  rec_index<I>(_mm512_sub_epi64(end, one)), ep, 8);
+    mass[v] = _mm512_sub_pd(_mm512_set1_pd(cum[n_items]), pdeg);
     ok[v] = _mm512_cmp_pd_mask(mass[v], zerod, _CMP_GT_OQ);
     const __mmask8 bad = static_cast<__mmask8>(~ok[v]);
     if (bad) {
@@ -342,7 +383,8 @@ RF_AVX512 void weighted_lanes_avx512(const offset_t* indptr, const I* indices, s
   const __m512i n_items_v = _mm512_set1_epi64(n_items);
   for (std::int64_t k = 0; k < K; ++k) {
     __m512d t[V], ta[V];
-    __m512i lo[V], n[V], a[V], m[V];
+    __m512i lo[V], n[V], a[V], m[V], next[V], prev[V];
+    __mmask8 has_next[V], has_prev[V];
     for (int v = 0; v < V; ++v) {
       const __m512i bits = rng_bits_v(key[v], k);
       t[v] = _mm512_mul_pd(_mm512_mul_pd(_mm512_cvtepu64_pd(_mm512_srli_epi64(bits, 11)), unit), mass[v]);
@@ -356,10 +398,8 @@ RF_AVX512 void weighted_lanes_avx512(const offset_t* indptr, const I* indices, s
         const __m512i half = _mm512_srli_epi64(n[v], 1);
         const __m512i mid = _mm512_add_epi64(lo[v], half);
         const __m512i pos = _mm512_add_epi64(start[v], mid);
-        const __m512i item = gather_index_v<I>(live, pos, indices);
-        const __m512d gm = _mm512_mask_i64gather_pd(zerod, live, pos, G, 8);
-        const __m512d cr = _mm512_mask_i64gather_pd(zerod, live, item, cum, 8);
-        const __m512d c = _mm512_sub_pd(cr, _mm512_sub_pd(gm, g0[v]));
+        const __m512d c =
+            _mm512_cvtps_pd(_mm512_mask_i64gather_ps(_mm256_setzero_ps(), live, rec_index<I>(pos), kfp, 8));
         const __mmask8 right = _mm512_mask_cmp_pd_mask(live, c, t[v], _CMP_LE_OQ);
         lo[v] = _mm512_mask_add_epi64(lo[v], right, mid, one);
         n[v] = _mm512_mask_blend_epi64(right, half, _mm512_sub_epi64(_mm512_sub_epi64(n[v], half), one));
@@ -367,9 +407,39 @@ RF_AVX512 void weighted_lanes_avx512(const offset_t* indptr, const I* indices, s
       }
       if (!any) break;
     }
+    __m512d plo[V];
     for (int v = 0; v < V; ++v) {
-      const __m512d glo = _mm512_i64gather_pd(_mm512_add_epi64(start[v], lo[v]), G, 8);
-      ta[v] = _mm512_add_pd(t[v], _mm512_sub_pd(glo, g0[v]));
+      // weighted_row_confirm in vector form: the exact key of entry lo - 1 (cum of its item minus
+      // P_{lo-1}). The records around the answer serve it, t's shift and the final check; the row
+      // search has just read them or their neighbours.
+      for (bool confirmed = false;; confirmed = true) {
+        const __m512i pos = _mm512_add_epi64(start[v], lo[v]);
+        const __m512i pos1 = _mm512_sub_epi64(pos, one);
+        has_next[v] = _mm512_cmplt_epi64_mask(lo[v], deg[v]);
+        has_prev[v] = _mm512_cmpgt_epi64_mask(lo[v], zero);
+        next[v] = gather_item_v<I>(has_next[v], rec_index<I>(pos), itemp);
+        prev[v] = gather_item_v<I>(has_prev[v], rec_index<I>(pos1), itemp);
+        plo[v] = _mm512_mask_i64gather_pd(zerod, has_prev[v], rec_index<I>(pos1), ep, 8);
+        if (confirmed) break;  // once, as weighted_row_confirm
+        const __m512d pprev = _mm512_mask_i64gather_pd(zerod, _mm512_cmpgt_epi64_mask(lo[v], one),
+                                                       rec_index<I>(_mm512_sub_epi64(pos1, one)), ep, 8);
+        const __m512d kprev = _mm512_sub_pd(_mm512_mask_i64gather_pd(zerod, has_prev[v], prev[v], cum, 8), pprev);
+        const __mmask8 wrong = _mm512_mask_cmp_pd_mask(has_prev[v], kprev, t[v], _CMP_NLE_UQ);
+        if (!wrong) break;
+        // Rare (t within a float32 rounding below a key): those lanes search their exact keys.
+        alignas(64) std::int64_t lo_s[8], st_s[8];
+        alignas(64) double t_s[8];
+        _mm512_store_si512(lo_s, lo[v]);
+        _mm512_store_si512(st_s, start[v]);
+        _mm512_store_pd(t_s, t[v]);
+        for (int l = 0; l < 8; ++l) {
+          if (wrong >> l & 1) lo_s[l] = weighted_row_confirm(cum, entries + st_s[l], lo_s[l], t_s[l]);
+        }
+        lo[v] = _mm512_load_si512(lo_s);
+      }
+    }
+    for (int v = 0; v < V; ++v) {
+      ta[v] = _mm512_add_pd(t[v], plo[v]);
       const __m512d q = _mm512_mul_pd(ta[v], _mm512_set1_pd(inv_h));
       __m512i j = _mm512_cvttpd_epi64(q);
       j = _mm512_mask_mov_epi64(j, _mm512_cmp_pd_mask(q, last_d, _CMP_GE_OQ), _mm512_set1_epi64(M - 1));
@@ -398,17 +468,12 @@ RF_AVX512 void weighted_lanes_avx512(const offset_t* indptr, const I* indices, s
       const __mmask8 inside = _mm512_cmplt_epi64_mask(a[v], n_items_v);
       const __m512d ca = _mm512_i64gather_pd(a[v], cum, 8);
       const __m512d ca1 = _mm512_mask_i64gather_pd(zerod, inside, _mm512_add_epi64(a[v], one), cum, 8);
-      const __mmask8 has_next = _mm512_cmplt_epi64_mask(lo[v], deg[v]);
-      const __mmask8 has_prev = _mm512_cmpgt_epi64_mask(lo[v], zero);
-      const __m512i pos = _mm512_add_epi64(start[v], lo[v]);
-      const __m512i next = gather_index_v<I>(has_next, pos, indices);
-      const __m512i prev = gather_index_v<I>(has_prev, _mm512_sub_epi64(pos, one), indices);
       __mmask8 good = ok[v] & inside;
       good &= static_cast<__mmask8>(_mm512_cmpeq_epi64_mask(a[v], zero) | _mm512_cmp_pd_mask(ca, ta[v], _CMP_NGT_UQ));
       good &= _mm512_cmp_pd_mask(ca1, ta[v], _CMP_NLE_UQ);
       good &= _mm512_cmp_pd_mask(_mm512_sub_pd(ca1, ca), zerod, _CMP_GT_OQ);
-      good &= static_cast<__mmask8>(~has_next | _mm512_cmpneq_epi64_mask(next, a[v]));
-      good &= static_cast<__mmask8>(~has_prev | _mm512_cmplt_epi64_mask(prev, a[v]));
+      good &= static_cast<__mmask8>(~has_next[v] | _mm512_cmpneq_epi64_mask(next[v], a[v]));
+      good &= static_cast<__mmask8>(~has_prev[v] | _mm512_cmplt_epi64_mask(prev[v], a[v]));
       if (K == 1) {
         _mm512_mask_storeu_epi64(out + b0 + 8 * v, good, a[v]);
       } else {
@@ -547,7 +612,7 @@ struct Plan {
   std::int64_t row_offset;
   bool replace;
   const double* cum;
-  const double* G;
+  const WeightedEntry<I>* entries;
   const std::int64_t* guide;
   std::int64_t M;
   double inv_h;
@@ -557,7 +622,8 @@ struct Plan {
 
   int lanes() const {
 #if RF_SAMPLING_AVX512
-    if (mode == kUniformAvx512 || mode == kWeightedAvx512) return 8 * RF_AVX512_VECTORS;
+    if (mode == kUniformAvx512) return 8 * RF_AVX512_VECTORS;
+    if (mode == kWeightedAvx512) return 8 * RF_AVX512_WEIGHTED_VECTORS;
 #endif
     return mode == kRows ? 1 : 8;
   }
@@ -571,15 +637,15 @@ struct Plan {
                                                    *first_bad, prefetch_end);
         return;
       case kWeightedAvx512:
-        weighted_lanes_avx512<I, RF_AVX512_VECTORS>(indptr, indices, n_items, users, b0, K, hseed, row_offset, cum,
-                                                    G, guide, M, inv_h, out, *first_bad, prefetch_end);
+        weighted_lanes_avx512<I, RF_AVX512_WEIGHTED_VECTORS>(indptr, indices, n_items, users, b0, K, hseed, row_offset, cum,
+                                                    entries, guide, M, inv_h, out, *first_bad, prefetch_end);
         return;
 #endif
       case kUniformLanes:
         uniform_lanes<I, 8>(indptr, indices, n_items, users, b0, K, seed, row_offset, out, *first_bad, prefetch_end);
         return;
       case kWeightedLanes:
-        weighted_lanes<I, 8>(indptr, indices, n_items, users, b0, K, seed, row_offset, cum, G, guide, M, inv_h, out,
+        weighted_lanes<I, 8>(indptr, indices, n_items, users, b0, K, seed, row_offset, cum, entries, guide, M, inv_h, out,
                              *first_bad, prefetch_end);
         return;
       default:
@@ -610,22 +676,24 @@ struct Plan {
       }
       return;
     }
-    const double* rowG = G + start;
+    const WeightedEntry<I>* rowe = entries + start;
     if (replace) {
-      const double mass = complement_mass(cum, n_items, rowG, deg);
+      const double mass = complement_mass(cum, n_items, rowe, deg);
       if (!(mass > 0.0)) {
         record_failure(*first_bad, b);
         return;
       }
       for (std::int64_t k = 0; k < K; ++k) {
         const double t = rng_unit(rng_bits(key, static_cast<std::uint64_t>(k))) * mass;
-        o[k] = weighted_unseen(cum, n_items, r, rowG, deg, t);
+        o[k] = weighted_unseen(cum, n_items, r, rowe, deg, t);
       }
       return;
     }
-    // Without replacement: each drawn item joins a private copy of the row, removing its mass.
+    // Without replacement: each drawn item joins a private copy of the row and of its prefix
+    // local_G[j] = P_j, removing its mass.
     local_row.assign(r, r + deg);
-    local_G.assign(rowG, rowG + deg + 1);
+    local_G.resize(static_cast<std::size_t>(deg + 1));
+    for (std::int64_t j = 0; j <= deg; ++j) local_G[j] = row_prefix(rowe, j);
     for (std::int64_t k = 0; k < K; ++k) {
       const std::int64_t len = static_cast<std::int64_t>(local_row.size());
       const double mass = cum[n_items] - (local_G[len] - local_G[0]);
@@ -634,7 +702,7 @@ struct Plan {
         break;
       }
       const double t = rng_unit(rng_bits(key, static_cast<std::uint64_t>(k))) * mass;
-      const std::int64_t x = weighted_unseen(cum, n_items, local_row.data(), local_G.data(), len, t);
+      const std::int64_t x = weighted_unseen_prefix(cum, n_items, local_row.data(), local_G.data(), len, t);
       o[k] = x;
       const std::int64_t pos = row_below(local_row.data(), len, x);
       const double w = cum[x + 1] - cum[x];
@@ -660,9 +728,9 @@ struct Plan {
 template <typename I>
 Plan<I> make_plan(const offset_t* indptr, const I* indices, std::int64_t n_items, const std::int64_t* users,
                   std::int64_t batch, std::int64_t K, std::uint64_t seed, std::int64_t row_offset, bool replace,
-                  const double* cum, const double* G, const std::int64_t* guide, std::int64_t* out,
+                  const double* cum, const WeightedEntry<I>* entries, const std::int64_t* guide, std::int64_t* out,
                   std::atomic<std::int64_t>* first_bad, std::vector<std::int64_t>& own_guide) {
-  Plan<I> p{indptr, indices, n_items, users, K, seed, splitmix64(seed), row_offset, replace, cum, G, nullptr, 0, 0.0,
+  Plan<I> p{indptr, indices, n_items, users, K, seed, splitmix64(seed), row_offset, replace, cum, entries, nullptr, 0, 0.0,
             out, first_bad, Plan<I>::kRows};
   if (K == 0 || !replace) return p;
   const bool avx512 = isa_setting().load() != RF_ISA_SCALAR && cpu_has_avx512();
@@ -695,12 +763,12 @@ template <typename I>
 std::int64_t sample_negatives(const offset_t* indptr, const I* indices, std::int64_t /*n_users*/,
                               std::int64_t n_items, const std::int64_t* users, std::int64_t batch,
                               std::int64_t num_negatives, std::uint64_t seed, std::int64_t row_offset, bool replace,
-                              const double* cum, const double* G, std::int64_t* out, int num_threads,
+                              const double* cum, const WeightedEntry<I>* entries, std::int64_t* out, int num_threads,
                               const std::int64_t* guide) {
   std::atomic<std::int64_t> first_bad{batch};
   std::vector<std::int64_t> own_guide;
   const Plan<I> p = make_plan<I>(indptr, indices, n_items, users, batch, num_negatives, seed, row_offset, replace, cum,
-                                 G, guide, out, &first_bad, own_guide);
+                                 entries, guide, out, &first_bad, own_guide);
   const std::int64_t L = p.lanes();
   if (L > 1) {
     // Rows in chunks of L (the lockstep searches); the last batch % L rows go one by one.
@@ -759,12 +827,12 @@ struct FeistelOrder {
 template <typename I, typename Order>
 std::int64_t triples_impl(const offset_t* indptr, const I* indices, std::int64_t n_items, const std::int64_t* row_of,
                           const Order& order, std::int64_t batch, std::int64_t K, std::uint64_t seed,
-                          std::int64_t row_offset, bool replace, const double* cum, const double* G,
+                          std::int64_t row_offset, bool replace, const double* cum, const WeightedEntry<I>* entries,
                           const std::int64_t* guide, std::int64_t* users_out, std::int64_t* items_out,
                           std::int64_t* out, int num_threads) {
   std::atomic<std::int64_t> first_bad{batch};
   std::vector<std::int64_t> own_guide;
-  const Plan<I> p = make_plan<I>(indptr, indices, n_items, users_out, batch, K, seed, row_offset, replace, cum, G,
+  const Plan<I> p = make_plan<I>(indptr, indices, n_items, users_out, batch, K, seed, row_offset, replace, cum, entries,
                                  guide, out, &first_bad, own_guide);
   constexpr std::int64_t block = 2048, group = 64;
   const std::int64_t n_blocks = (batch + block - 1) / block;
@@ -799,11 +867,11 @@ template <typename I>
 std::int64_t sample_triples(const offset_t* indptr, const I* indices, std::int64_t /*n_users*/, std::int64_t n_items,
                             const std::int64_t* row_of, const std::int64_t* order, std::int64_t batch,
                             std::int64_t num_negatives, std::uint64_t seed, std::int64_t row_offset, bool replace,
-                            const double* cum, const double* G, std::int64_t* users_out, std::int64_t* items_out,
+                            const double* cum, const WeightedEntry<I>* entries, std::int64_t* users_out, std::int64_t* items_out,
                             std::int64_t* out, int num_threads, const std::int64_t* guide) {
   const ArrayOrder ord{order};
   return triples_impl<I>(indptr, indices, n_items, row_of, ord, batch, num_negatives, seed, row_offset, replace, cum,
-                         G, guide, users_out, items_out, out, num_threads);
+                         entries, guide, users_out, items_out, out, num_threads);
 }
 
 template <typename I>
@@ -811,32 +879,32 @@ std::int64_t sample_epoch_triples(const offset_t* indptr, const I* indices, std:
                                   std::int64_t n_items, const std::int64_t* row_of, std::int64_t nnz, bool shuffle,
                                   std::uint64_t order_seed, std::int64_t start, std::int64_t batch,
                                   std::int64_t num_negatives, std::uint64_t seed, bool replace, const double* cum,
-                                  const double* G, const std::int64_t* guide, std::int64_t* users_out,
+                                  const WeightedEntry<I>* entries, const std::int64_t* guide, std::int64_t* users_out,
                                   std::int64_t* items_out, std::int64_t* out, int num_threads) {
   if (!shuffle) {
     const IdentityOrder ord{start};
-    return triples_impl<I>(indptr, indices, n_items, row_of, ord, batch, num_negatives, seed, start, replace, cum, G,
+    return triples_impl<I>(indptr, indices, n_items, row_of, ord, batch, num_negatives, seed, start, replace, cum, entries,
                            guide, users_out, items_out, out, num_threads);
   }
   const FeistelOrder ord{FeistelPermutation(static_cast<std::uint64_t>(nnz), order_seed), start,
                          isa_setting().load() != RF_ISA_SCALAR && cpu_has_avx512()};
-  return triples_impl<I>(indptr, indices, n_items, row_of, ord, batch, num_negatives, seed, start, replace, cum, G,
+  return triples_impl<I>(indptr, indices, n_items, row_of, ord, batch, num_negatives, seed, start, replace, cum, entries,
                          guide, users_out, items_out, out, num_threads);
 }
 
 #define RF_INSTANTIATE(I)                                                                                              \
   template std::int64_t sample_negatives<I>(const offset_t*, const I*, std::int64_t, std::int64_t,                     \
                                             const std::int64_t*, std::int64_t, std::int64_t, std::uint64_t,            \
-                                            std::int64_t, bool, const double*, const double*, std::int64_t*, int,      \
+                                            std::int64_t, bool, const double*, const WeightedEntry<I>*, std::int64_t*, int,      \
                                             const std::int64_t*);                                                      \
   template std::int64_t sample_triples<I>(const offset_t*, const I*, std::int64_t, std::int64_t, const std::int64_t*, \
                                           const std::int64_t*, std::int64_t, std::int64_t, std::uint64_t,              \
-                                          std::int64_t, bool, const double*, const double*, std::int64_t*,             \
+                                          std::int64_t, bool, const double*, const WeightedEntry<I>*, std::int64_t*,             \
                                           std::int64_t*, std::int64_t*, int, const std::int64_t*);                     \
   template std::int64_t sample_epoch_triples<I>(const offset_t*, const I*, std::int64_t, std::int64_t,                 \
                                                 const std::int64_t*, std::int64_t, bool, std::uint64_t, std::int64_t,  \
                                                 std::int64_t, std::int64_t, std::uint64_t, bool, const double*,        \
-                                                const double*, const std::int64_t*, std::int64_t*, std::int64_t*,      \
+                                                const WeightedEntry<I>*, const std::int64_t*, std::int64_t*, std::int64_t*,      \
                                                 std::int64_t*, int);
 RF_INSTANTIATE(std::int32_t)
 RF_INSTANTIATE(std::int64_t)

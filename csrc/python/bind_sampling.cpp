@@ -13,28 +13,40 @@ namespace {
 void check_guide(const std::optional<carray<std::int64_t>>& guide, bool weighted, std::int64_t n_items,
                  const char* op) {
   if (!guide) return;
-  rp::require(weighted, std::string(op) + ": guide needs cum and G");
+  rp::require(weighted, std::string(op) + ": guide needs cum and entries");
   rp::require(n_items > 1, std::string(op) + ": guide needs n_items > 1");
   rp::require_size(*guide, n_items + 1, op, "guide");
+}
+
+// The weighted tables come together: cum (n_items + 1) and the entries' records (nnz of them, as
+// float64 units: 2 per record with int32 indices, 3 with int64); see recfast/sampling.h.
+template <typename I>
+const recfast::WeightedEntry<I>* check_tables(const std::optional<carray<double>>& cum,
+                                              const std::optional<carray<double>>& entries, std::int64_t n_items,
+                                              std::int64_t nnz, const char* op) {
+  rp::require(cum.has_value() == entries.has_value(), std::string(op) + ": cum and entries must be given together");
+  if (!cum) return nullptr;
+  rp::require_size(*cum, n_items + 1, op, "cum");
+  rp::require_size(*entries, nnz * static_cast<std::int64_t>(sizeof(recfast::WeightedEntry<I>) / sizeof(double)), op,
+                   "entries");
+  return reinterpret_cast<const recfast::WeightedEntry<I>*>(entries->data());
 }
 
 template <typename I>
 std::int64_t sample(const carray<std::int64_t>& indptr, const carray<I>& indices, std::int64_t n_items,
                     const carray<std::int64_t>& users, std::int64_t num_negatives, std::uint64_t seed,
                     std::int64_t row_offset, bool replace, const std::optional<carray<double>>& cum,
-                    const std::optional<carray<double>>& G, carray<std::int64_t>& out, int num_threads,
+                    const std::optional<carray<double>>& entries, carray<std::int64_t>& out, int num_threads,
                     const std::optional<carray<std::int64_t>>& guide) {
   const std::int64_t n_users = indptr.size() - 1;
   const std::int64_t batch = users.size();
   check_guide(guide, cum.has_value(), n_items, "sample_negatives");
-  rp::require(cum.has_value() == G.has_value(), "sample_negatives: cum and G must be given together");
-  if (cum) rp::require_size(*cum, n_items + 1, "sample_negatives", "cum");
-  if (G) rp::require_size(*G, indices.size() + 1, "sample_negatives", "G");
+  const auto* ent = check_tables<I>(cum, entries, n_items, indices.size(), "sample_negatives");
   rp::require_size(out, batch * num_negatives, "sample_negatives", "out");
   py::gil_scoped_release release;
   return recfast::cpu::sample_negatives<I>(indptr.data(), indices.data(), n_users, n_items, users.data(), batch,
                                            num_negatives, seed, row_offset, replace, cum ? cum->data() : nullptr,
-                                           G ? G->data() : nullptr, out.mutable_data(), num_threads,
+                                           ent, out.mutable_data(), num_threads,
                                            guide ? guide->data() : nullptr);
 }
 
@@ -42,15 +54,13 @@ template <typename I>
 std::int64_t triples(const carray<std::int64_t>& indptr, const carray<I>& indices, std::int64_t n_items,
                      const carray<std::int64_t>& row_of, const carray<std::int64_t>& order, std::int64_t num_negatives,
                      std::uint64_t seed, std::int64_t row_offset, bool replace,
-                     const std::optional<carray<double>>& cum, const std::optional<carray<double>>& G,
+                     const std::optional<carray<double>>& cum, const std::optional<carray<double>>& entries,
                      carray<std::int64_t>& users_out, carray<std::int64_t>& items_out, carray<std::int64_t>& out,
                      int num_threads, const std::optional<carray<std::int64_t>>& guide) {
   const std::int64_t n_users = indptr.size() - 1;
   const std::int64_t batch = order.size();
   check_guide(guide, cum.has_value(), n_items, "sample_triples");
-  rp::require(cum.has_value() == G.has_value(), "sample_triples: cum and G must be given together");
-  if (cum) rp::require_size(*cum, n_items + 1, "sample_triples", "cum");
-  if (G) rp::require_size(*G, indices.size() + 1, "sample_triples", "G");
+  const auto* ent = check_tables<I>(cum, entries, n_items, indices.size(), "sample_triples");
   rp::require_size(row_of, indices.size(), "sample_triples", "row_of");
   rp::require_size(users_out, batch, "sample_triples", "users_out");
   rp::require_size(items_out, batch, "sample_triples", "items_out");
@@ -58,7 +68,7 @@ std::int64_t triples(const carray<std::int64_t>& indptr, const carray<I>& indice
   py::gil_scoped_release release;
   return recfast::cpu::sample_triples<I>(indptr.data(), indices.data(), n_users, n_items, row_of.data(), order.data(),
                                          batch, num_negatives, seed, row_offset, replace, cum ? cum->data() : nullptr,
-                                         G ? G->data() : nullptr, users_out.mutable_data(), items_out.mutable_data(),
+                                         ent, users_out.mutable_data(), items_out.mutable_data(),
                                          out.mutable_data(), num_threads, guide ? guide->data() : nullptr);
 }
 
@@ -66,15 +76,13 @@ template <typename I>
 std::int64_t epoch_triples(const carray<std::int64_t>& indptr, const carray<I>& indices, std::int64_t n_items,
                            const carray<std::int64_t>& row_of, bool shuffle, std::uint64_t order_seed,
                            std::int64_t start, std::int64_t num_negatives, std::uint64_t seed, bool replace,
-                           const std::optional<carray<double>>& cum, const std::optional<carray<double>>& G,
+                           const std::optional<carray<double>>& cum, const std::optional<carray<double>>& entries,
                            const std::optional<carray<std::int64_t>>& guide, carray<std::int64_t>& users_out,
                            carray<std::int64_t>& items_out, carray<std::int64_t>& out, int num_threads) {
   const std::int64_t n_users = indptr.size() - 1;
   const std::int64_t nnz = indices.size();
   const std::int64_t batch = users_out.size();
-  rp::require(cum.has_value() == G.has_value(), "sample_epoch_triples: cum and G must be given together");
-  if (cum) rp::require_size(*cum, n_items + 1, "sample_epoch_triples", "cum");
-  if (G) rp::require_size(*G, nnz + 1, "sample_epoch_triples", "G");
+  const auto* ent = check_tables<I>(cum, entries, n_items, nnz, "sample_epoch_triples");
   check_guide(guide, cum.has_value(), n_items, "sample_epoch_triples");
   rp::require_size(row_of, nnz, "sample_epoch_triples", "row_of");
   rp::require(start >= 0 && start <= nnz - batch, "sample_epoch_triples: need 0 <= start and start + len(users_out) "
@@ -85,7 +93,7 @@ std::int64_t epoch_triples(const carray<std::int64_t>& indptr, const carray<I>& 
   py::gil_scoped_release release;
   return recfast::cpu::sample_epoch_triples<I>(indptr.data(), indices.data(), n_users, n_items, row_of.data(), nnz,
                                                shuffle, order_seed, start, batch, num_negatives, seed, replace,
-                                               cum ? cum->data() : nullptr, G ? G->data() : nullptr,
+                                               cum ? cum->data() : nullptr, ent,
                                                guide ? guide->data() : nullptr, users_out.mutable_data(),
                                                items_out.mutable_data(), out.mutable_data(), num_threads);
 }
@@ -95,7 +103,7 @@ void bind_typed(py::module_& m) {
   m.def("sample_triples", &triples<I>, py::arg("indptr").noconvert(), py::arg("indices").noconvert(),
         py::arg("n_items"), py::arg("row_of").noconvert(), py::arg("order").noconvert(), py::arg("num_negatives"),
         py::arg("seed"), py::arg("row_offset"), py::arg("replace"), py::arg("cum").noconvert().none(true),
-        py::arg("G").noconvert().none(true), py::arg("users_out").noconvert(), py::arg("items_out").noconvert(),
+        py::arg("entries").noconvert().none(true), py::arg("users_out").noconvert(), py::arg("items_out").noconvert(),
         py::arg("out").noconvert(), py::arg("num_threads"), py::arg("guide").noconvert().none(true) = py::none(),
         "A loader batch in one call: users_out[b] = row_of[order[b]], items_out[b] = indices[order[b]] and their "
         "negatives in out, as sample_negatives draws them; returns -1 or the first bad batch position. Callers "
@@ -103,7 +111,7 @@ void bind_typed(py::module_& m) {
   m.def("sample_epoch_triples", &epoch_triples<I>, py::arg("indptr").noconvert(), py::arg("indices").noconvert(),
         py::arg("n_items"), py::arg("row_of").noconvert(), py::arg("shuffle"), py::arg("order_seed"),
         py::arg("start"), py::arg("num_negatives"), py::arg("seed"), py::arg("replace"),
-        py::arg("cum").noconvert().none(true), py::arg("G").noconvert().none(true),
+        py::arg("cum").noconvert().none(true), py::arg("entries").noconvert().none(true),
         py::arg("guide").noconvert().none(true), py::arg("users_out").noconvert(), py::arg("items_out").noconvert(),
         py::arg("out").noconvert(), py::arg("num_threads"),
         "Positions [start, start + len(users_out)) of an epoch: entry e = p (shuffle false) or the Feistel "
@@ -112,7 +120,7 @@ void bind_typed(py::module_& m) {
   m.def("sample_negatives", &sample<I>, py::arg("indptr").noconvert(), py::arg("indices").noconvert(),
         py::arg("n_items"), py::arg("users").noconvert(), py::arg("num_negatives"), py::arg("seed"),
         py::arg("row_offset"), py::arg("replace"), py::arg("cum").noconvert().none(true),
-        py::arg("G").noconvert().none(true), py::arg("out").noconvert(), py::arg("num_threads"),
+        py::arg("entries").noconvert().none(true), py::arg("out").noconvert(), py::arg("num_threads"),
         py::arg("guide").noconvert().none(true) = py::none(),
         "Writes negatives into out (flattened (batch, K)); returns -1, or the batch position of the first "
         "user without enough candidates. Callers validate ids first.");
