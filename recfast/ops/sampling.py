@@ -206,8 +206,12 @@ def _weighted_entry(csr: CSR, weights: torch.Tensor) -> list:
         raise ValueError("sample_negatives: weights must be finite")
     if bool((w < 0).any()):
         raise ValueError(f"sample_negatives: weights must be non-negative, got {float(w.min())}")
-    cum, P, kf = _weighted_tables(csr.indptr, csr.indices, w)
-    entries = _pack_entries(P, csr.indices.to(w.device), kf)
+    # Built on the CPU whatever the device (a serial float64 cumsum; a GPU scan rounds in another
+    # order), so CPU and CUDA draw from the same bits and return the same negatives.
+    idx_h = csr.indices.cpu()
+    cum, P, kf = _weighted_tables(csr.indptr.cpu(), idx_h, w.cpu())
+    entries = _pack_entries(P, idx_h, kf).to(w.device)
+    cum = cum.to(w.device)
     del P, kf
     entry = [weakref.ref(weights), version, cum, entries, None]  # the CPU guide table, built on demand
     _WEIGHT_CACHE[csr] = entry
