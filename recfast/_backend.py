@@ -305,7 +305,7 @@ class _BufferPool:
         self.min_bytes, self.max_bytes = min_bytes, max_bytes
         self._free: dict[int, list[np.ndarray]] = {}
         self._held = 0
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # a finalizer may run on this thread while it holds the lock
 
     def empty(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
         """An uninitialised contiguous CPU tensor; the kernels that take it write every element."""
