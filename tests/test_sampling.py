@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 import recfast
 from recfast.ops import sample_negatives
 from recfast.ops.sampling import _sample_negatives_reference as _sample_negatives_ref
+from recfast.ops.sampling import _weighted_tables
 from conftest import random_csr, requires_cuda
 
 
@@ -430,3 +431,23 @@ def test_cached_guide_table_gives_the_same_draws() -> None:
                             np_view(guide[:-1].clone()))
     with pytest.raises(ValueError, match="total weight"):
         _C.sampling_cdf_guide(np_view(torch.zeros(401, dtype=torch.float64)), np_view(torch.empty(401, dtype=torch.int64)))
+
+
+@pytest.mark.parametrize("isa", recfast._C.sampling_isas())
+@pytest.mark.parametrize("n_users", [1, 100])  # one row (the per-row path), and enough for the lanes
+def test_weighted_row_with_every_weighted_item_raises(restore_sampling_isa, isa, n_users) -> None:
+    # A user holding every item: the complement's mass is cum[n] minus the row's prefix, two sums of
+    # the same weights in different orders, which here round apart (8.9e-16, not 0). The draw must
+    # not land on a row item: it raises, naming the user, as for an exactly empty complement.
+    recfast._C.set_sampling_isa(isa)
+    rows, cols = np.nonzero(np.ones((2, 7), dtype=bool))
+    csr = recfast.CSR.from_coo(torch.from_numpy(rows), torch.from_numpy(cols), shape=(2, 7))
+    w = torch.from_numpy(np.random.default_rng(0).random(7))
+    w[:2] = 0.0
+    cum, P, _ = _weighted_tables(csr.indptr, csr.indices, w)
+    assert float(cum[-1] - P[-1]) != 0.0  # the case this test is about: user 1's mass is not 0
+    for replace in (True, False):
+        with pytest.raises(ValueError, match="user 1 has no weighted mass left"):
+            sample_negatives(csr, torch.ones(n_users, dtype=torch.int64), 1, seed=0, weights=w, replace=replace)
+        with pytest.raises(ValueError, match="user 1 has no weighted mass left"):
+            _sample_negatives_ref(csr, torch.ones(1, dtype=torch.int64), 1, seed=0, weights=w, replace=replace)

@@ -172,7 +172,9 @@ void weighted_lanes(const offset_t* indptr, const I* indices, std::int64_t n_ite
     for (int l = 0; l < L; ++l) {
       if (!ok[l]) continue;
       const std::int64_t x = guide_fixup(cum, n_items, a[l], ta[l]);
-      out[(b0 + l) * K + k] = weighted_finish(cum, n_items, row[l], deg[l], lo[l], x);
+      const std::int64_t got = weighted_finish(cum, n_items, row[l], deg[l], lo[l], x);
+      if (got < 0) record_failure(first_bad, b0 + l);
+      out[(b0 + l) * K + k] = got;
     }
   }
 }
@@ -494,7 +496,9 @@ RF_AVX512 void weighted_lanes_avx512(const offset_t* indptr, const I* indices, s
       for (int l = 0; l < 8; ++l) {
         if (!(rest >> l & 1)) continue;
         const std::int64_t x = guide_fixup(cum, n_items, a_s[l], ta_s[l]);
-        out[(b0 + 8 * v + l) * K + k] = weighted_finish(cum, n_items, indices + st_s[l], dg_s[l], lo_s[l], x);
+        const std::int64_t got = weighted_finish(cum, n_items, indices + st_s[l], dg_s[l], lo_s[l], x);
+        if (got < 0) record_failure(first_bad, b0 + 8 * v + l);
+        out[(b0 + 8 * v + l) * K + k] = got;
       }
     }
   }
@@ -686,6 +690,7 @@ struct Plan {
       for (std::int64_t k = 0; k < K; ++k) {
         const double t = rng_unit(rng_bits(key, static_cast<std::uint64_t>(k))) * mass;
         o[k] = weighted_unseen(cum, n_items, r, rowe, deg, t);
+        if (o[k] < 0) record_failure(*first_bad, b);
       }
       return;
     }
@@ -704,6 +709,10 @@ struct Plan {
       const double t = rng_unit(rng_bits(key, static_cast<std::uint64_t>(k))) * mass;
       const std::int64_t x = weighted_unseen_prefix(cum, n_items, local_row.data(), local_G.data(), len, t);
       o[k] = x;
+      if (x < 0) {
+        record_failure(*first_bad, b);
+        break;
+      }
       const std::int64_t pos = row_below(local_row.data(), len, x);
       const double w = cum[x + 1] - cum[x];
       local_row.insert(local_row.begin() + pos, x);

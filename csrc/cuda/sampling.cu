@@ -38,7 +38,9 @@ __global__ void sample_with_replacement_kernel(const offset_t* indptr, const I* 
         continue;
       }
       const double t = rng_unit(rng_bits(key, static_cast<std::uint64_t>(k))) * mass;
-      out[idx] = weighted_unseen(cum, n_items, indices + start, rowe, deg, t);
+      const std::int64_t x = weighted_unseen(cum, n_items, indices + start, rowe, deg, t);
+      if (x < 0) fail_at(bad, b);
+      out[idx] = x;
     }
   }
 }

@@ -444,6 +444,8 @@ def _sample_negatives_reference(
             ta = t + (lg[j] - lg[0])
             ok = (cum[1:] - cum[:-1] > 0) & ~np.isin(np.arange(n_items), arr)
             x = min(int(np.searchsorted(cum[1:], ta, side="right")), n_items - 1)
+            if not ok.any():  # the complement's mass rounded to a few ulps, not 0: no negative
+                _raise_no_negatives(csr, users, b, k, replace, weights)
             if not ok[x]:
                 after = np.nonzero(ok[x:])[0]
                 x = x + int(after[0]) if after.size else int(np.nonzero(ok[:x])[0][-1])

@@ -182,6 +182,9 @@ RF_HD std::int64_t weighted_finish(const double* cum, std::int64_t n_items, cons
   }
   // Rounding at a boundary can land on a row item, a zero-weight item or past the end: step
   // forward to the next item outside the row with positive weight, else back to the previous one.
+  // None at all (the row holds every item of positive weight, and the complement's mass, the
+  // difference of two sums of the same weights, rounded to a few ulps instead of 0): -1, which
+  // the callers report as a row without negatives.
   std::int64_t x = a < n_items ? a : n_items - 1;
   std::int64_t p = row_below(row, deg, x);
   while (x < n_items && ((p < deg && static_cast<std::int64_t>(row[p]) == x) || !(cum[x + 1] - cum[x] > 0.0))) {
@@ -191,9 +194,9 @@ RF_HD std::int64_t weighted_finish(const double* cum, std::int64_t n_items, cons
   if (x >= n_items) {
     x = n_items - 1;
     p = row_below(row, deg, x);
-    while (x > 0 && ((p < deg && static_cast<std::int64_t>(row[p]) == x) || !(cum[x + 1] - cum[x] > 0.0))) {
+    while (x >= 0 && ((p < deg && static_cast<std::int64_t>(row[p]) == x) || !(cum[x + 1] - cum[x] > 0.0))) {
       --x;
-      p = row_below(row, deg, x);
+      if (x >= 0) p = row_below(row, deg, x);
     }
   }
   return x;
