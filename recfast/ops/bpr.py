@@ -16,7 +16,6 @@ import numbers
 import weakref
 from typing import Optional
 
-import numpy as np
 import torch
 
 from .. import _C
@@ -59,11 +58,14 @@ def _forward(U, V, bias, users, pos, neg, l2):
     return loss, coef
 
 
-def _backward(U, V, users, pos, neg, coef, scale, l2, urow, prow, nrow, gU, gV, gbias):
+def _backward(U, V, users, pos, neg, coef, scale, l2, urow, prow, nrow, gU, gV, gbias, zero=False):
+    """Add the gradients into gU, gV (and gbias); with ``zero`` (CPU) they are uninitialised and the
+    kernel zeroes them first, in the parallel region of its scatter."""
     B, K = neg.shape
-    if B == 0:
+    if B == 0 and not zero:
         return
     if U.device.type == "cuda":
+        assert not zero, "the CUDA backward adds into zeroed gradients"
         mod = cuda_module("bpr_loss")
         if mod is None:
             _backward_reference(U, V, users, pos, neg, coef, scale, l2, urow, prow, nrow, gU, gV, gbias)
@@ -83,7 +85,7 @@ def _backward(U, V, users, pos, neg, coef, scale, l2, urow, prow, nrow, gU, gV, 
     _C.bpr_backward(np_view(U), np_view(V), np_view(users), np_view(pos), np_view(neg), np_view(coef).reshape(-1),
                     np_view(scale),
                     float(l2), np_view(urow), np_view(prow), np_view(nrow), np_view(gU), np_view(gV),
-                    None if gbias is None else np_view(gbias), 0)
+                    None if gbias is None else np_view(gbias), 0, zero)
 
 
 def _f32_scratch(bufs):
@@ -248,13 +250,7 @@ def _plain_eager_cpu(U: torch.Tensor, V: torch.Tensor, bias: Optional[torch.Tens
 class _BPRDenseCPU(torch.autograd.Function):
     @staticmethod
     def forward(ctx, U, V, bias, users, pos, neg, l2, reduction):  # V None: U is the shared table
-        T = U if V is None else V
-        B, K = neg.shape
-        loss = torch.empty(B, dtype=U.dtype)
-        coef = torch.empty(B, K, dtype=U.dtype)
-        if B:
-            _C.bpr_forward(U.detach().numpy(), T.detach().numpy(), None if bias is None else bias.detach().numpy(),
-                           users.numpy(), pos.numpy(), neg.numpy(), l2, loss.numpy(), coef.numpy().reshape(-1), 0)
+        loss, coef = _forward(U, U if V is None else V, bias, users, pos, neg, l2)
         ctx.save_for_backward(U, V, users, pos, neg, coef)
         ctx.l2, ctx.reduction, ctx.has_bias = l2, reduction, bias is not None
         return _reduce(loss, reduction)
@@ -266,16 +262,13 @@ class _BPRDenseCPU(torch.autograd.Function):
         T = U if V is None else V
         B = users.numel()
         if ctx.reduction == "none":
-            scale = grad.to(U.dtype).contiguous().numpy()
+            scale = grad.to(U.dtype).contiguous()
         else:
-            scale = np.full(1, float(grad) / (B if ctx.reduction == "mean" and B else 1), dtype=coef.numpy().dtype)
+            scale = torch.full((1,), float(grad) / (B if ctx.reduction == "mean" and B else 1), dtype=coef.dtype)
         gU = cpu_buffers.empty(tuple(U.shape), U.dtype)  # the kernel zeroes it (zero=True below)
         gV = gU if V is None else cpu_buffers.empty(tuple(V.shape), V.dtype)
         gbias = torch.empty(T.shape[0], dtype=U.dtype) if ctx.has_bias else None
-        un, pn, nn = users.numpy(), pos.numpy(), neg.numpy()
-        _C.bpr_backward(U.detach().numpy(), T.detach().numpy(), un, pn, nn, coef.numpy().reshape(-1), scale, ctx.l2,
-                        un, pn, nn.reshape(-1), gU.numpy(), gV.numpy(), None if gbias is None else gbias.numpy(), 0,
-                        True)
+        _backward(U, T, users, pos, neg, coef, scale, ctx.l2, users, pos, neg.reshape(-1), gU, gV, gbias, zero=True)
         return gU, None if V is None else gV, gbias, None, None, None, None, None
 
 
