@@ -249,8 +249,6 @@ namespace {
 // 64-byte vectors change the ABI where AVX-512 is off; no call passes one).
 #pragma GCC diagnostic ignored "-Wpsabi"
 
-#define RF_INLINE __attribute__((always_inline)) inline
-
 typedef float vf16 __attribute__((vector_size(64)));
 typedef float vf16u __attribute__((vector_size(64), aligned(4), may_alias));
 typedef std::int32_t vi16 __attribute__((vector_size(64)));

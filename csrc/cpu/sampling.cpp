@@ -26,6 +26,42 @@ void record_failure(std::atomic<std::int64_t>& first_bad, std::int64_t b) {
   }
 }
 
+// Shuffled users make every row a cache miss. While the lanes work on rows [b0, b0 + L), fetch
+// the indptr entries of the chunk two ahead and, for the chunk one ahead, what its searches read
+// first: probe(start, deg) prefetches those addresses of the row.
+template <int L, typename Probe>
+RF_INLINE void prefetch_rows_ahead(const offset_t* indptr, const std::int64_t* users, std::int64_t b0,
+                                   std::int64_t prefetch_end, Probe probe) {
+  if (prefetch_end <= b0 + 3 * L) return;
+  for (int l = 0; l < L; ++l) __builtin_prefetch(indptr + users[b0 + 2 * L + l]);
+  for (int l = 0; l < L; ++l) {
+    const std::int64_t u = users[b0 + L + l];
+    probe(indptr[u], indptr[u + 1] - indptr[u]);
+  }
+}
+
+// The uniform search's first probe: the row's middle.
+template <typename I>
+struct UniformProbe {
+  const I* indices;
+  RF_INLINE void operator()(offset_t s, offset_t d) const { __builtin_prefetch(indices + s + (d >> 1)); }
+};
+
+// The weighted draw's: the row's weight (its last P), which sets the draw's scale, and the
+// search's first two levels of keys (records are 4 to a cache line, so the first probes miss).
+template <typename I>
+struct WeightedProbe {
+  const WeightedEntry<I>* entries;
+  RF_INLINE void operator()(offset_t s, offset_t d) const {
+    __builtin_prefetch(entries + s + d - 1);
+    __builtin_prefetch(entries + s + (d >> 1));
+    if (d > 8) {
+      __builtin_prefetch(entries + s + (d >> 2));
+      __builtin_prefetch(entries + s + (d >> 1) + (d >> 2));
+    }
+  }
+};
+
 // Uniform draws with replacement for rows [b0, b0 + L): the L binary searches for draw k run in
 // lockstep, so their dependent loads overlap instead of queueing behind each other (one search
 // is a chain of log2(deg) cache hits; the chain's latency, not arithmetic, bounds a lone draw).
@@ -37,15 +73,7 @@ void uniform_lanes(const offset_t* indptr, const I* indices, std::int64_t n_item
   const I* row[L];
   std::int64_t deg[L], m[L];
   std::uint64_t key[L];
-  // Shuffled users make every row a cache miss: fetch the indptr entries two chunks ahead and the
-  // row middles (the search's first probes) one chunk ahead while this chunk searches.
-  if (prefetch_end > b0 + 3 * L) {
-    for (int l = 0; l < L; ++l) __builtin_prefetch(indptr + users[b0 + 2 * L + l]);
-    for (int l = 0; l < L; ++l) {
-      const std::int64_t u = users[b0 + L + l];
-      __builtin_prefetch(indices + ((indptr[u] + indptr[u + 1]) >> 1));
-    }
-  }
+  prefetch_rows_ahead<L>(indptr, users, b0, prefetch_end, UniformProbe<I>{indices});
   for (int l = 0; l < L; ++l) {
     const std::int64_t b = b0 + l;
     const std::int64_t u = users[b];
@@ -92,21 +120,7 @@ void weighted_lanes(const offset_t* indptr, const I* indices, std::int64_t n_ite
                     const WeightedEntry<I>* entries, const std::int64_t* guide, std::int64_t M, double inv_h,
                     std::int64_t* out, std::atomic<std::int64_t>& first_bad, std::int64_t prefetch_end) {
   static const I zero_row[1] = {0};
-  if (prefetch_end > b0 + 3 * L) {
-    for (int l = 0; l < L; ++l) __builtin_prefetch(indptr + users[b0 + 2 * L + l]);
-    for (int l = 0; l < L; ++l) {
-      const std::int64_t u = users[b0 + L + l];
-      // The row's weight (its last P), which sets the draw's scale, and the search's first two
-      // levels of keys: records are 4 to a cache line, so the first probes are misses.
-      const offset_t s0 = indptr[u], d = indptr[u + 1] - s0;
-      __builtin_prefetch(entries + s0 + d - 1);
-      __builtin_prefetch(entries + s0 + (d >> 1));
-      if (d > 8) {
-        __builtin_prefetch(entries + s0 + (d >> 2));
-        __builtin_prefetch(entries + s0 + (d >> 1) + (d >> 2));
-      }
-    }
-  }
+  prefetch_rows_ahead<L>(indptr, users, b0, prefetch_end, WeightedProbe<I>{entries});
   const I* row[L];
   const WeightedEntry<I>* rowe[L];
   std::int64_t deg[L];
@@ -264,13 +278,7 @@ RF_AVX512 void uniform_lanes_avx512(const offset_t* indptr, const I* indices, st
                                     std::int64_t row_offset, std::int64_t* out, std::atomic<std::int64_t>& first_bad,
                                     std::int64_t prefetch_end) {
   constexpr int L = 8 * V;
-  if (prefetch_end > b0 + 3 * L) {
-    for (int l = 0; l < L; ++l) __builtin_prefetch(indptr + users[b0 + 2 * L + l]);
-    for (int l = 0; l < L; ++l) {
-      const std::int64_t u = users[b0 + L + l];
-      __builtin_prefetch(indices + ((indptr[u] + indptr[u + 1]) >> 1));
-    }
-  }
+  prefetch_rows_ahead<L>(indptr, users, b0, prefetch_end, UniformProbe<I>{indices});
   const __m512i one = _mm512_set1_epi64(1);
   const __m512i zero = _mm512_setzero_si512();
   __m512i start[V], deg[V], bound[V], key[V];
@@ -339,21 +347,7 @@ RF_AVX512 void weighted_lanes_avx512(const offset_t* indptr, const I* indices, s
                                                    offsetof(WeightedEntry<I>, kf));
   const auto* itemp = reinterpret_cast<const I*>(reinterpret_cast<const char*>(entries) +
                                                  offsetof(WeightedEntry<I>, item));
-  if (prefetch_end > b0 + 3 * L) {
-    for (int l = 0; l < L; ++l) __builtin_prefetch(indptr + users[b0 + 2 * L + l]);
-    for (int l = 0; l < L; ++l) {
-      const std::int64_t u = users[b0 + L + l];
-      // The row's weight (its last P), which sets the draw's scale, and the search's first two
-      // levels of keys: records are 4 to a cache line, so the first probes are misses.
-      const offset_t s0 = indptr[u], d = indptr[u + 1] - s0;
-      __builtin_prefetch(entries + s0 + d - 1);
-      __builtin_prefetch(entries + s0 + (d >> 1));
-      if (d > 8) {
-        __builtin_prefetch(entries + s0 + (d >> 2));
-        __builtin_prefetch(entries + s0 + (d >> 1) + (d >> 2));
-      }
-    }
-  }
+  prefetch_rows_ahead<L>(indptr, users, b0, prefetch_end, WeightedProbe<I>{entries});
   const __m512i one = _mm512_set1_epi64(1);
   const __m512i zero = _mm512_setzero_si512();
   const __m512d zerod = _mm512_setzero_pd();
