@@ -26,20 +26,20 @@ def csr_from_coo_i64(
 def sample_negatives(
     indptr: npt.NDArray[np.int64], indices: npt.NDArray[Any], n_items: int, users: npt.NDArray[np.int64],
     num_negatives: int, seed: int, row_offset: int, replace: bool, cum: npt.NDArray[np.float64] | None,
-    entries: npt.NDArray[np.float64] | None, out: npt.NDArray[np.int64], num_threads: int,
+    keys: npt.NDArray[np.float64] | None, out: npt.NDArray[np.int64], num_threads: int,
     guide: npt.NDArray[np.int64] | None = None,
 ) -> int: ...
 def sample_triples(
     indptr: npt.NDArray[np.int64], indices: npt.NDArray[Any], n_items: int, row_of: npt.NDArray[np.int64],
     order: npt.NDArray[np.int64], num_negatives: int, seed: int, row_offset: int, replace: bool,
-    cum: npt.NDArray[np.float64] | None, entries: npt.NDArray[np.float64] | None, users_out: npt.NDArray[np.int64],
+    cum: npt.NDArray[np.float64] | None, keys: npt.NDArray[np.float64] | None, users_out: npt.NDArray[np.int64],
     items_out: npt.NDArray[np.int64], out: npt.NDArray[np.int64], num_threads: int,
     guide: npt.NDArray[np.int64] | None = None,
 ) -> int: ...
 def sample_epoch_triples(
     indptr: npt.NDArray[np.int64], indices: npt.NDArray[Any], n_items: int, row_of: npt.NDArray[np.int64],
     shuffle: bool, order_seed: int, start: int, num_negatives: int, seed: int, replace: bool,
-    cum: npt.NDArray[np.float64] | None, entries: npt.NDArray[np.float64] | None, guide: npt.NDArray[np.int64] | None,
+    cum: npt.NDArray[np.float64] | None, keys: npt.NDArray[np.float64] | None, guide: npt.NDArray[np.int64] | None,
     users_out: npt.NDArray[np.int64], items_out: npt.NDArray[np.int64], out: npt.NDArray[np.int64],
     num_threads: int,
 ) -> int: ...

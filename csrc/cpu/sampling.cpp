@@ -36,7 +36,7 @@ RF_INLINE void prefetch_rows_ahead(const offset_t* indptr, const std::int64_t* u
   for (int l = 0; l < L; ++l) __builtin_prefetch(indptr + users[b0 + 2 * L + l]);
   for (int l = 0; l < L; ++l) {
     const std::int64_t u = users[b0 + L + l];
-    probe(indptr[u], indptr[u + 1] - indptr[u]);
+    probe(u, indptr[u], indptr[u + 1] - indptr[u]);
   }
 }
 
@@ -44,20 +44,20 @@ RF_INLINE void prefetch_rows_ahead(const offset_t* indptr, const std::int64_t* u
 template <typename I>
 struct UniformProbe {
   const I* indices;
-  RF_INLINE void operator()(offset_t s, offset_t d) const { __builtin_prefetch(indices + s + (d >> 1)); }
+  RF_INLINE void operator()(std::int64_t, offset_t s, offset_t d) const { __builtin_prefetch(indices + s + (d >> 1)); }
 };
 
-// The weighted draw's: the row's weight (its last P), which sets the draw's scale, and the
-// search's first two levels of keys (records are 4 to a cache line, so the first probes miss).
-template <typename I>
+// The weighted draw's: the row's mass (its last key), which sets the draw's scale, and the
+// search's first two levels of keys.
 struct WeightedProbe {
-  const WeightedEntry<I>* entries;
-  RF_INLINE void operator()(offset_t s, offset_t d) const {
-    __builtin_prefetch(entries + s + d - 1);
-    __builtin_prefetch(entries + s + (d >> 1));
-    if (d > 8) {
-      __builtin_prefetch(entries + s + (d >> 2));
-      __builtin_prefetch(entries + s + (d >> 1) + (d >> 2));
+  const double* keys;
+  RF_INLINE void operator()(std::int64_t u, offset_t s, offset_t d) const {
+    const double* k = row_keys(keys, s, u);
+    __builtin_prefetch(k + d);
+    __builtin_prefetch(k + (d >> 1));
+    if (d > 16) {
+      __builtin_prefetch(k + (d >> 2));
+      __builtin_prefetch(k + (d >> 1) + (d >> 2));
     }
   }
 };
@@ -112,17 +112,18 @@ void uniform_lanes(const offset_t* indptr, const I* indices, std::int64_t n_item
 }
 
 // Weighted draws with replacement for rows [b0, b0 + L), the same arithmetic as weighted_unseen:
-// the L row searches (one load per step, the entry record's rounded key) and the L bracketed CDF
-// searches run in lockstep so that their cache misses overlap.
+// the L row searches and then the L bracketed CDF searches run in lockstep, and the loads between
+// them (the indices around each answer, cum at the gap, the guide bucket) are issued for all lanes
+// before any is used, so that their cache misses overlap.
 template <typename I, int L>
 void weighted_lanes(const offset_t* indptr, const I* indices, std::int64_t n_items, const std::int64_t* users,
                     std::int64_t b0, std::int64_t K, std::uint64_t seed, std::int64_t row_offset, const double* cum,
-                    const WeightedEntry<I>* entries, const std::int64_t* guide, std::int64_t M, double inv_h,
-                    std::int64_t* out, std::atomic<std::int64_t>& first_bad, std::int64_t prefetch_end) {
+                    const double* keys, const std::int64_t* guide, std::int64_t M, double inv_h, std::int64_t* out,
+                    std::atomic<std::int64_t>& first_bad, std::int64_t prefetch_end) {
   static const I zero_row[1] = {0};
-  prefetch_rows_ahead<L>(indptr, users, b0, prefetch_end, WeightedProbe<I>{entries});
+  prefetch_rows_ahead<L>(indptr, users, b0, prefetch_end, WeightedProbe{keys});
   const I* row[L];
-  const WeightedEntry<I>* rowe[L];
+  const double* rowk[L];
   std::int64_t deg[L];
   double mass[L];
   std::uint64_t key[L];
@@ -133,8 +134,8 @@ void weighted_lanes(const offset_t* indptr, const I* indices, std::int64_t n_ite
     const offset_t start = indptr[u];
     deg[l] = indptr[u + 1] - start;
     row[l] = deg[l] > 0 ? indices + start : zero_row;
-    rowe[l] = entries + start;
-    mass[l] = complement_mass(cum, n_items, rowe[l], deg[l]);
+    rowk[l] = row_keys(keys, start, u);
+    mass[l] = rowk[l][deg[l]];
     ok[l] = mass[l] > 0.0;
     key[l] = rng_key(seed, static_cast<std::uint64_t>(row_offset + b));
     if (!ok[l]) {
@@ -145,7 +146,7 @@ void weighted_lanes(const offset_t* indptr, const I* indices, std::int64_t n_ite
   }
   for (std::int64_t k = 0; k < K; ++k) {
     double t[L], ta[L];
-    std::int64_t lo[L], n[L], a[L], m[L];
+    std::int64_t lo[L], n[L], a[L], m[L], prev[L], next[L];
     for (int l = 0; l < L; ++l) {
       t[l] = rng_unit(rng_bits(key[l], static_cast<std::uint64_t>(k))) * mass[l];
       lo[l] = 0;
@@ -157,17 +158,24 @@ void weighted_lanes(const offset_t* indptr, const I* indices, std::int64_t n_ite
         const std::int64_t half = n[l] >> 1;
         const std::int64_t mid = lo[l] + half;
         const std::int64_t live = -static_cast<std::int64_t>(n[l] > 0);
-        const std::int64_t ms = mid & live;
-        const std::int64_t right = -static_cast<std::int64_t>(static_cast<double>(rowe[l][ms].kf) <= t[l]) & live;
+        const std::int64_t right = -static_cast<std::int64_t>(rowk[l][mid & live] <= t[l]) & live;
         lo[l] += (mid + 1 - lo[l]) & right;
         n[l] = (half & ~right) | ((n[l] - half - 1) & right);
         active |= n[l];
       }
       if (active == 0) break;
     }
+    // The row items on either side of each answer (-1: none), then cum at the gap's start.
     for (int l = 0; l < L; ++l) {
-      lo[l] = weighted_row_confirm(cum, rowe[l], lo[l], t[l]);
-      ta[l] = t[l] + row_prefix(rowe[l], lo[l]);
+      const std::int64_t j = lo[l], last = deg[l] > 0 ? deg[l] - 1 : 0;
+      const std::int64_t p = static_cast<std::int64_t>(row[l][j > 0 ? j - 1 : 0]);
+      const std::int64_t q = static_cast<std::int64_t>(row[l][j < last ? j : last]);
+      prev[l] = j > 0 ? p : -1;
+      next[l] = j < deg[l] ? q : -1;
+      __builtin_prefetch(cum + prev[l] + 1);
+    }
+    for (int l = 0; l < L; ++l) {
+      ta[l] = lo[l] > 0 ? (t[l] - rowk[l][lo[l] - 1]) + cum[prev[l] + 1] : t[l];  // gap_target
       guide_bracket(guide, M, inv_h, ta[l], &a[l], &m[l]);
     }
     for (;;) {
@@ -185,8 +193,14 @@ void weighted_lanes(const offset_t* indptr, const I* indices, std::int64_t n_ite
     }
     for (int l = 0; l < L; ++l) {
       if (!ok[l]) continue;
-      const std::int64_t x = guide_fixup(cum, n_items, a[l], ta[l]);
-      const std::int64_t got = weighted_finish(cum, n_items, row[l], deg[l], lo[l], x);
+      // The common case, as in the vector code: guide_fixup leaves a unchanged (cum[a] <= ta <
+      // cum[a + 1]) and weighted_finish accepts it (positive weight, after exactly lo row items
+      // and not one of them). Only the other lanes take the repairs.
+      const std::int64_t x = a[l];
+      const bool good = x < n_items && (x == 0 || cum[x] <= ta[l]) && cum[x + 1] > ta[l] &&
+                        cum[x + 1] - cum[x] > 0.0 && prev[l] < x && next[l] != x;
+      const std::int64_t got =
+          good ? x : weighted_finish(cum, n_items, row[l], deg[l], lo[l], guide_fixup(cum, n_items, x, ta[l]));
       if (got < 0) record_failure(first_bad, b0 + l);
       out[(b0 + l) * K + k] = got;
     }
@@ -252,26 +266,6 @@ RF_AVX512 inline __m512i gather_index_v(__mmask8 live, __m512i pos, const I* ind
   }
 }
 
-// Record p's offset in 8-byte units (records are 2 or 3 of them).
-template <typename I>
-RF_AVX512 inline __m512i rec_index(__m512i p) {
-  if constexpr (sizeof(WeightedEntry<I>) == 16) {
-    return _mm512_add_epi64(p, p);
-  } else {
-    return _mm512_add_epi64(_mm512_add_epi64(p, p), p);
-  }
-}
-
-// Record items at 8-byte-unit offsets `off` from `base`, widened to int64.
-template <typename I>
-RF_AVX512 inline __m512i gather_item_v(__mmask8 live, __m512i off, const I* base) {
-  if constexpr (sizeof(I) == 4) {
-    return _mm512_cvtepi32_epi64(_mm512_mask_i64gather_epi32(_mm256_setzero_si256(), live, off, base, 8));
-  } else {
-    return _mm512_mask_i64gather_epi64(_mm512_setzero_si512(), live, off, base, 8);
-  }
-}
-
 template <typename I, int V>
 RF_AVX512 void uniform_lanes_avx512(const offset_t* indptr, const I* indices, std::int64_t n_items,
                                     const std::int64_t* users, std::int64_t b0, std::int64_t K, std::uint64_t hseed,
@@ -332,37 +326,29 @@ RF_AVX512 void uniform_lanes_avx512(const offset_t* indptr, const I* indices, st
 }
 
 // weighted_lanes on V vectors of 8 rows: the same double arithmetic lane by lane (subtractions,
-// comparisons and the two products of rng_unit(bits) * mass, in the scalar order), so the draws
-// are bit-identical; the rare boundary repairs run per lane in scalar code.
+// additions, comparisons and the two products of rng_unit(bits) * mass, in the scalar order), so
+// the draws are bit-identical; the rare boundary repairs run per lane in scalar code.
 template <typename I, int V>
 RF_AVX512 void weighted_lanes_avx512(const offset_t* indptr, const I* indices, std::int64_t n_items,
                                      const std::int64_t* users, std::int64_t b0, std::int64_t K, std::uint64_t hseed,
-                                     std::int64_t row_offset, const double* cum, const WeightedEntry<I>* entries,
+                                     std::int64_t row_offset, const double* cum, const double* keys,
                                      const std::int64_t* guide, std::int64_t M, double inv_h, std::int64_t* out,
                                      std::atomic<std::int64_t>& first_bad, std::int64_t prefetch_end) {
   constexpr int L = 8 * V;
-  // Gathers address the records' fields as arrays of 8-byte units (rec_index) from these bases.
-  const auto* ep = reinterpret_cast<const double*>(entries);
-  const auto* kfp = reinterpret_cast<const float*>(reinterpret_cast<const char*>(entries) +
-                                                   offsetof(WeightedEntry<I>, kf));
-  const auto* itemp = reinterpret_cast<const I*>(reinterpret_cast<const char*>(entries) +
-                                                 offsetof(WeightedEntry<I>, item));
-  prefetch_rows_ahead<L>(indptr, users, b0, prefetch_end, WeightedProbe<I>{entries});
+  prefetch_rows_ahead<L>(indptr, users, b0, prefetch_end, WeightedProbe{keys});
   const __m512i one = _mm512_set1_epi64(1);
   const __m512i zero = _mm512_setzero_si512();
   const __m512d zerod = _mm512_setzero_pd();
-  __m512i start[V], deg[V], key[V];
+  // start: the row's first entry (indices); kst: its first key (keys + start + u, row_keys).
+  __m512i start[V], kst[V], deg[V], key[V];
   __m512d mass[V];
   __mmask8 ok[V];
   for (int v = 0; v < V; ++v) {
     const __m512i u = _mm512_loadu_si512(users + b0 + 8 * v);
     start[v] = _mm512_i64gather_epi64(u, indptr, 8);
-    const __m512i end = _mm512_i64gather_epi64(_mm512_add_epi64(u, one), indptr, 8);
-    deg[v] = _mm512_sub_epi64(end, start[v]);
-    // P_deg = the row's last record's P, and 0 for an empty row (row_prefix).
-    const __m512d pdeg = _mm512_mask_i64gather_pd(zerod, _mm512_cmpgt_epi64_mask(deg[v], zero),
-                                                  rec_index<I>(_mm512_sub_epi64(end, one)), ep, 8);
-    mass[v] = _mm512_sub_pd(_mm512_set1_pd(cum[n_items]), pdeg);
+    deg[v] = _mm512_sub_epi64(_mm512_i64gather_epi64(_mm512_add_epi64(u, one), indptr, 8), start[v]);
+    kst[v] = _mm512_add_epi64(start[v], u);
+    mass[v] = _mm512_i64gather_pd(_mm512_add_epi64(kst[v], deg[v]), keys, 8);  // key_deg, the row's mass
     ok[v] = _mm512_cmp_pd_mask(mass[v], zerod, _CMP_GT_OQ);
     const __mmask8 bad = static_cast<__mmask8>(~ok[v]);
     if (bad) {
@@ -393,9 +379,7 @@ RF_AVX512 void weighted_lanes_avx512(const offset_t* indptr, const I* indices, s
         const __mmask8 live = _mm512_cmpgt_epi64_mask(n[v], zero);
         const __m512i half = _mm512_srli_epi64(n[v], 1);
         const __m512i mid = _mm512_add_epi64(lo[v], half);
-        const __m512i pos = _mm512_add_epi64(start[v], mid);
-        const __m512d c =
-            _mm512_cvtps_pd(_mm512_mask_i64gather_ps(_mm256_setzero_ps(), live, rec_index<I>(pos), kfp, 8));
+        const __m512d c = _mm512_mask_i64gather_pd(zerod, live, _mm512_add_epi64(kst[v], mid), keys, 8);
         const __mmask8 right = _mm512_mask_cmp_pd_mask(live, c, t[v], _CMP_LE_OQ);
         lo[v] = _mm512_mask_add_epi64(lo[v], right, mid, one);
         n[v] = _mm512_mask_blend_epi64(right, half, _mm512_sub_epi64(_mm512_sub_epi64(n[v], half), one));
@@ -403,39 +387,19 @@ RF_AVX512 void weighted_lanes_avx512(const offset_t* indptr, const I* indices, s
       }
       if (!any) break;
     }
-    __m512d plo[V];
     for (int v = 0; v < V; ++v) {
-      // weighted_row_confirm in vector form: the exact key of entry lo - 1 (cum of its item minus
-      // P_{lo-1}). The records around the answer serve it, t's shift and the final check; the row
-      // search has just read them or their neighbours.
-      for (bool confirmed = false;; confirmed = true) {
-        const __m512i pos = _mm512_add_epi64(start[v], lo[v]);
-        const __m512i pos1 = _mm512_sub_epi64(pos, one);
-        has_next[v] = _mm512_cmplt_epi64_mask(lo[v], deg[v]);
-        has_prev[v] = _mm512_cmpgt_epi64_mask(lo[v], zero);
-        next[v] = gather_item_v<I>(has_next[v], rec_index<I>(pos), itemp);
-        prev[v] = gather_item_v<I>(has_prev[v], rec_index<I>(pos1), itemp);
-        plo[v] = _mm512_mask_i64gather_pd(zerod, has_prev[v], rec_index<I>(pos1), ep, 8);
-        if (confirmed) break;  // once, as weighted_row_confirm
-        const __m512d pprev = _mm512_mask_i64gather_pd(zerod, _mm512_cmpgt_epi64_mask(lo[v], one),
-                                                       rec_index<I>(_mm512_sub_epi64(pos1, one)), ep, 8);
-        const __m512d kprev = _mm512_sub_pd(_mm512_mask_i64gather_pd(zerod, has_prev[v], prev[v], cum, 8), pprev);
-        const __mmask8 wrong = _mm512_mask_cmp_pd_mask(has_prev[v], kprev, t[v], _CMP_NLE_UQ);
-        if (!wrong) break;
-        // Rare (t within a float32 rounding below a key): those lanes search their exact keys.
-        alignas(64) std::int64_t lo_s[8], st_s[8];
-        alignas(64) double t_s[8];
-        _mm512_store_si512(lo_s, lo[v]);
-        _mm512_store_si512(st_s, start[v]);
-        _mm512_store_pd(t_s, t[v]);
-        for (int l = 0; l < 8; ++l) {
-          if (wrong >> l & 1) lo_s[l] = weighted_row_confirm(cum, entries + st_s[l], lo_s[l], t_s[l]);
-        }
-        lo[v] = _mm512_load_si512(lo_s);
-      }
+      // The row items on either side of the answer and gap_target: (t - key_{lo-1}) + cum[prev + 1].
+      const __m512i pos = _mm512_add_epi64(start[v], lo[v]);
+      has_next[v] = _mm512_cmplt_epi64_mask(lo[v], deg[v]);
+      has_prev[v] = _mm512_cmpgt_epi64_mask(lo[v], zero);
+      next[v] = gather_index_v<I>(has_next[v], pos, indices);
+      prev[v] = gather_index_v<I>(has_prev[v], _mm512_sub_epi64(pos, one), indices);
+      const __m512d kprev =
+          _mm512_mask_i64gather_pd(zerod, has_prev[v], _mm512_add_epi64(kst[v], _mm512_sub_epi64(lo[v], one)), keys, 8);
+      const __m512d cprev = _mm512_mask_i64gather_pd(zerod, has_prev[v], _mm512_add_epi64(prev[v], one), cum, 8);
+      ta[v] = _mm512_mask_add_pd(t[v], has_prev[v], _mm512_sub_pd(t[v], kprev), cprev);
     }
     for (int v = 0; v < V; ++v) {
-      ta[v] = _mm512_add_pd(t[v], plo[v]);
       const __m512d q = _mm512_mul_pd(ta[v], _mm512_set1_pd(inv_h));
       __m512i j = _mm512_cvttpd_epi64(q);
       j = _mm512_mask_mov_epi64(j, _mm512_cmp_pd_mask(q, last_d, _CMP_GE_OQ), _mm512_set1_epi64(M - 1));
@@ -610,7 +574,7 @@ struct Plan {
   std::int64_t row_offset;
   bool replace;
   const double* cum;
-  const WeightedEntry<I>* entries;
+  const double* keys;
   const std::int64_t* guide;
   std::int64_t M;
   double inv_h;
@@ -636,15 +600,15 @@ struct Plan {
         return;
       case kWeightedAvx512:
         weighted_lanes_avx512<I, RF_AVX512_WEIGHTED_VECTORS>(indptr, indices, n_items, users, b0, K, hseed, row_offset, cum,
-                                                    entries, guide, M, inv_h, out, *first_bad, prefetch_end);
+                                                    keys, guide, M, inv_h, out, *first_bad, prefetch_end);
         return;
 #endif
       case kUniformLanes:
         uniform_lanes<I, 8>(indptr, indices, n_items, users, b0, K, seed, row_offset, out, *first_bad, prefetch_end);
         return;
       case kWeightedLanes:
-        weighted_lanes<I, 8>(indptr, indices, n_items, users, b0, K, seed, row_offset, cum, entries, guide, M, inv_h, out,
-                             *first_bad, prefetch_end);
+        weighted_lanes<I, 8>(indptr, indices, n_items, users, b0, K, seed, row_offset, cum, keys, guide, M,
+                             inv_h, out, *first_bad, prefetch_end);
         return;
       default:
         return;
@@ -674,25 +638,27 @@ struct Plan {
       }
       return;
     }
-    const WeightedEntry<I>* rowe = entries + start;
+    const double* rowk = row_keys(keys, start, u);
     if (replace) {
-      const double mass = complement_mass(cum, n_items, rowe, deg);
+      const double mass = rowk[deg];
       if (!(mass > 0.0)) {
         record_failure(*first_bad, b);
         return;
       }
       for (std::int64_t k = 0; k < K; ++k) {
         const double t = rng_unit(rng_bits(key, static_cast<std::uint64_t>(k))) * mass;
-        o[k] = weighted_unseen(cum, n_items, r, rowe, deg, t);
+        o[k] = weighted_unseen(cum, n_items, r, rowk, deg, t);
         if (o[k] < 0) record_failure(*first_bad, b);
       }
       return;
     }
     // Without replacement: each drawn item joins a private copy of the row and of its prefix
-    // local_G[j] = P_j, removing its mass.
+    // local_G[j] = P_j, removing its mass. From the keys, P_j = cum[row[j]] - key_j (j < deg) and
+    // P_deg = cum[n_items] - key_deg.
     local_row.assign(r, r + deg);
     local_G.resize(static_cast<std::size_t>(deg + 1));
-    for (std::int64_t j = 0; j <= deg; ++j) local_G[j] = row_prefix(rowe, j);
+    for (std::int64_t j = 0; j < deg; ++j) local_G[j] = cum[static_cast<std::int64_t>(r[j])] - rowk[j];
+    local_G[deg] = cum[n_items] - rowk[deg];
     for (std::int64_t k = 0; k < K; ++k) {
       const std::int64_t len = static_cast<std::int64_t>(local_row.size());
       const double mass = cum[n_items] - (local_G[len] - local_G[0]);
@@ -731,9 +697,10 @@ struct Plan {
 template <typename I>
 Plan<I> make_plan(const offset_t* indptr, const I* indices, std::int64_t n_items, const std::int64_t* users,
                   std::int64_t batch, std::int64_t K, std::uint64_t seed, std::int64_t row_offset, bool replace,
-                  const double* cum, const WeightedEntry<I>* entries, const std::int64_t* guide, std::int64_t* out,
-                  std::atomic<std::int64_t>* first_bad, std::vector<std::int64_t>& own_guide) {
-  Plan<I> p{indptr, indices, n_items, users, K, seed, splitmix64(seed), row_offset, replace, cum, entries, nullptr, 0, 0.0,
+                  const double* cum, const double* keys, const std::int64_t* guide,
+                  std::int64_t* out, std::atomic<std::int64_t>* first_bad, std::vector<std::int64_t>& own_guide) {
+  Plan<I> p{indptr, indices, n_items, users, K, seed, splitmix64(seed), row_offset, replace, cum, keys, nullptr,
+            0, 0.0,
             out, first_bad, Plan<I>::kRows};
   if (K == 0 || !replace) return p;
   const bool avx512 = isa_setting().load() != RF_ISA_SCALAR && cpu_has_avx512();
@@ -766,12 +733,12 @@ template <typename I>
 std::int64_t sample_negatives(const offset_t* indptr, const I* indices, std::int64_t /*n_users*/,
                               std::int64_t n_items, const std::int64_t* users, std::int64_t batch,
                               std::int64_t num_negatives, std::uint64_t seed, std::int64_t row_offset, bool replace,
-                              const double* cum, const WeightedEntry<I>* entries, std::int64_t* out, int num_threads,
-                              const std::int64_t* guide) {
+                              const double* cum, const double* keys,
+                              std::int64_t* out, int num_threads, const std::int64_t* guide) {
   std::atomic<std::int64_t> first_bad{batch};
   std::vector<std::int64_t> own_guide;
   const Plan<I> p = make_plan<I>(indptr, indices, n_items, users, batch, num_negatives, seed, row_offset, replace, cum,
-                                 entries, guide, out, &first_bad, own_guide);
+                                 keys, guide, out, &first_bad, own_guide);
   const std::int64_t L = p.lanes();
   if (L > 1) {
     // Rows in chunks of L (the lockstep searches); the last batch % L rows go one by one.
@@ -830,12 +797,12 @@ struct FeistelOrder {
 template <typename I, typename Order>
 std::int64_t triples_impl(const offset_t* indptr, const I* indices, std::int64_t n_items, const std::int64_t* row_of,
                           const Order& order, std::int64_t batch, std::int64_t K, std::uint64_t seed,
-                          std::int64_t row_offset, bool replace, const double* cum, const WeightedEntry<I>* entries,
-                          const std::int64_t* guide, std::int64_t* users_out, std::int64_t* items_out,
-                          std::int64_t* out, int num_threads) {
+                          std::int64_t row_offset, bool replace, const double* cum, const double* keys,
+                          const std::int64_t* guide, std::int64_t* users_out,
+                          std::int64_t* items_out, std::int64_t* out, int num_threads) {
   std::atomic<std::int64_t> first_bad{batch};
   std::vector<std::int64_t> own_guide;
-  const Plan<I> p = make_plan<I>(indptr, indices, n_items, users_out, batch, K, seed, row_offset, replace, cum, entries,
+  const Plan<I> p = make_plan<I>(indptr, indices, n_items, users_out, batch, K, seed, row_offset, replace, cum, keys,
                                  guide, out, &first_bad, own_guide);
   constexpr std::int64_t block = 2048, group = 64;
   const std::int64_t n_blocks = (batch + block - 1) / block;
@@ -870,11 +837,12 @@ template <typename I>
 std::int64_t sample_triples(const offset_t* indptr, const I* indices, std::int64_t /*n_users*/, std::int64_t n_items,
                             const std::int64_t* row_of, const std::int64_t* order, std::int64_t batch,
                             std::int64_t num_negatives, std::uint64_t seed, std::int64_t row_offset, bool replace,
-                            const double* cum, const WeightedEntry<I>* entries, std::int64_t* users_out, std::int64_t* items_out,
-                            std::int64_t* out, int num_threads, const std::int64_t* guide) {
+                            const double* cum, const double* keys,
+                            std::int64_t* users_out, std::int64_t* items_out, std::int64_t* out, int num_threads,
+                            const std::int64_t* guide) {
   const ArrayOrder ord{order};
   return triples_impl<I>(indptr, indices, n_items, row_of, ord, batch, num_negatives, seed, row_offset, replace, cum,
-                         entries, guide, users_out, items_out, out, num_threads);
+                         keys, guide, users_out, items_out, out, num_threads);
 }
 
 template <typename I>
@@ -882,33 +850,34 @@ std::int64_t sample_epoch_triples(const offset_t* indptr, const I* indices, std:
                                   std::int64_t n_items, const std::int64_t* row_of, std::int64_t nnz, bool shuffle,
                                   std::uint64_t order_seed, std::int64_t start, std::int64_t batch,
                                   std::int64_t num_negatives, std::uint64_t seed, bool replace, const double* cum,
-                                  const WeightedEntry<I>* entries, const std::int64_t* guide, std::int64_t* users_out,
-                                  std::int64_t* items_out, std::int64_t* out, int num_threads) {
+                                  const double* keys, const std::int64_t* guide,
+                                  std::int64_t* users_out, std::int64_t* items_out, std::int64_t* out,
+                                  int num_threads) {
   if (!shuffle) {
     const IdentityOrder ord{start};
-    return triples_impl<I>(indptr, indices, n_items, row_of, ord, batch, num_negatives, seed, start, replace, cum, entries,
+    return triples_impl<I>(indptr, indices, n_items, row_of, ord, batch, num_negatives, seed, start, replace, cum, keys,
                            guide, users_out, items_out, out, num_threads);
   }
   const FeistelOrder ord{FeistelPermutation(static_cast<std::uint64_t>(nnz), order_seed), start,
                          isa_setting().load() != RF_ISA_SCALAR && cpu_has_avx512()};
-  return triples_impl<I>(indptr, indices, n_items, row_of, ord, batch, num_negatives, seed, start, replace, cum, entries,
+  return triples_impl<I>(indptr, indices, n_items, row_of, ord, batch, num_negatives, seed, start, replace, cum, keys,
                          guide, users_out, items_out, out, num_threads);
 }
 
 #define RF_INSTANTIATE(I)                                                                                              \
   template std::int64_t sample_negatives<I>(const offset_t*, const I*, std::int64_t, std::int64_t,                     \
                                             const std::int64_t*, std::int64_t, std::int64_t, std::uint64_t,            \
-                                            std::int64_t, bool, const double*, const WeightedEntry<I>*, std::int64_t*, int,      \
-                                            const std::int64_t*);                                                      \
-  template std::int64_t sample_triples<I>(const offset_t*, const I*, std::int64_t, std::int64_t, const std::int64_t*, \
+                                            std::int64_t, bool, const double*, const double*,                          \
+                                            std::int64_t*, int, const std::int64_t*);                                  \
+  template std::int64_t sample_triples<I>(const offset_t*, const I*, std::int64_t, std::int64_t, const std::int64_t*,  \
                                           const std::int64_t*, std::int64_t, std::int64_t, std::uint64_t,              \
-                                          std::int64_t, bool, const double*, const WeightedEntry<I>*, std::int64_t*,             \
-                                          std::int64_t*, std::int64_t*, int, const std::int64_t*);                     \
+                                          std::int64_t, bool, const double*, const double*,                            \
+                                          std::int64_t*, std::int64_t*, std::int64_t*, int, const std::int64_t*);      \
   template std::int64_t sample_epoch_triples<I>(const offset_t*, const I*, std::int64_t, std::int64_t,                 \
                                                 const std::int64_t*, std::int64_t, bool, std::uint64_t, std::int64_t,  \
                                                 std::int64_t, std::int64_t, std::uint64_t, bool, const double*,        \
-                                                const WeightedEntry<I>*, const std::int64_t*, std::int64_t*, std::int64_t*,      \
-                                                std::int64_t*, int);
+                                                const double*, const std::int64_t*,                                    \
+                                                std::int64_t*, std::int64_t*, std::int64_t*, int);
 RF_INSTANTIATE(std::int32_t)
 RF_INSTANTIATE(std::int64_t)
 #undef RF_INSTANTIATE

@@ -14,7 +14,7 @@ template <typename I>
 __global__ void sample_with_replacement_kernel(const offset_t* indptr, const I* indices, std::int64_t n_items,
                                                const std::int64_t* users, std::int64_t batch, std::int64_t K,
                                                std::uint64_t seed, std::int64_t row_offset, const double* cum,
-                                               const WeightedEntry<I>* entries, std::int64_t* out, std::int64_t* bad) {
+                                               const double* keys, std::int64_t* out, std::int64_t* bad) {
   const std::int64_t total = batch * K;
   for (std::int64_t idx = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; idx < total;
        idx += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
@@ -31,14 +31,14 @@ __global__ void sample_with_replacement_kernel(const offset_t* indptr, const I* 
       }
       out[idx] = uniform_negative(key, static_cast<std::uint64_t>(k), indices + start, deg, n_items);
     } else {
-      const WeightedEntry<I>* rowe = entries + start;
-      const double mass = complement_mass(cum, n_items, rowe, deg);
+      const double* rowk = row_keys(keys, start, u);
+      const double mass = rowk[deg];
       if (!(mass > 0.0)) {
         fail_at(bad, b);
         continue;
       }
       const double t = rng_unit(rng_bits(key, static_cast<std::uint64_t>(k))) * mass;
-      const std::int64_t x = weighted_unseen(cum, n_items, indices + start, rowe, deg, t);
+      const std::int64_t x = weighted_unseen(cum, n_items, indices + start, rowk, deg, t);
       if (x < 0) fail_at(bad, b);
       out[idx] = x;
     }
@@ -72,13 +72,13 @@ __global__ void sample_distinct_kernel(const offset_t* indptr, const I* indices,
 template <typename I>
 void sample_negatives(const offset_t* indptr, const I* indices, std::int64_t n_items, const std::int64_t* users,
                       std::int64_t batch, std::int64_t num_negatives, std::uint64_t seed, std::int64_t row_offset,
-                      bool replace, const double* cum, const WeightedEntry<I>* entries, std::int64_t* out, std::int64_t* bad,
+                      bool replace, const double* cum, const double* keys, std::int64_t* out, std::int64_t* bad,
                       CUstream_st* stream) {
   constexpr unsigned block = 256;
   if (batch == 0 || num_negatives == 0) return;
   if (replace) {
     sample_with_replacement_kernel<I><<<grid_for(batch * num_negatives, block), block, 0, stream>>>(
-        indptr, indices, n_items, users, batch, num_negatives, seed, row_offset, cum, entries, out, bad);
+        indptr, indices, n_items, users, batch, num_negatives, seed, row_offset, cum, keys, out, bad);
     RF_CUDA_CHECK_LAUNCH(sample_with_replacement_kernel);
   } else {
     sample_distinct_kernel<I><<<grid_for(batch, block), block, 0, stream>>>(indptr, indices, n_items, users, batch,
@@ -89,11 +89,11 @@ void sample_negatives(const offset_t* indptr, const I* indices, std::int64_t n_i
 
 template void sample_negatives<std::int32_t>(const offset_t*, const std::int32_t*, std::int64_t, const std::int64_t*,
                                              std::int64_t, std::int64_t, std::uint64_t, std::int64_t, bool,
-                                             const double*, const WeightedEntry<std::int32_t>*, std::int64_t*, std::int64_t*,
+                                             const double*, const double*, std::int64_t*, std::int64_t*,
                                              CUstream_st*);
 template void sample_negatives<std::int64_t>(const offset_t*, const std::int64_t*, std::int64_t, const std::int64_t*,
                                              std::int64_t, std::int64_t, std::uint64_t, std::int64_t, bool,
-                                             const double*, const WeightedEntry<std::int64_t>*, std::int64_t*, std::int64_t*,
+                                             const double*, const double*, std::int64_t*, std::int64_t*,
                                              CUstream_st*);
 
 }  // namespace recfast::cuda

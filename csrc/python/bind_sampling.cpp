@@ -13,76 +13,73 @@ namespace {
 void check_guide(const std::optional<carray<std::int64_t>>& guide, bool weighted, std::int64_t n_items,
                  const char* op) {
   if (!guide) return;
-  rp::require(weighted, std::string(op) + ": guide needs cum and entries");
+  rp::require(weighted, std::string(op) + ": guide needs cum and keys");
   rp::require(n_items > 1, std::string(op) + ": guide needs n_items > 1");
   rp::require_size(*guide, n_items + 1, op, "guide");
 }
 
-// The weighted tables come together: cum (n_items + 1) and the entries' records (nnz of them, as
-// float64 units: 2 per record with int32 indices, 3 with int64); see recfast/sampling.h.
-template <typename I>
-const recfast::WeightedEntry<I>* check_tables(const std::optional<carray<double>>& cum,
-                                              const std::optional<carray<double>>& entries, std::int64_t n_items,
-                                              std::int64_t nnz, const char* op) {
-  rp::require(cum.has_value() == entries.has_value(), std::string(op) + ": cum and entries must be given together");
+// The weighted tables come together: cum (n_items + 1) and the rows' keys (nnz + n_users: deg + 1
+// per row); see recfast/sampling.h.
+const double* check_tables(const std::optional<carray<double>>& cum, const std::optional<carray<double>>& keys,
+                           std::int64_t n_items, std::int64_t nnz, std::int64_t n_users, const char* op) {
+  rp::require(cum.has_value() == keys.has_value(), std::string(op) + ": cum and keys must be given together");
   if (!cum) return nullptr;
   rp::require_size(*cum, n_items + 1, op, "cum");
-  rp::require_size(*entries, nnz * static_cast<std::int64_t>(sizeof(recfast::WeightedEntry<I>) / sizeof(double)), op,
-                   "entries");
-  return reinterpret_cast<const recfast::WeightedEntry<I>*>(entries->data());
+  rp::require_size(*keys, nnz + n_users, op, "keys");
+  return keys->data();
 }
 
 template <typename I>
 std::int64_t sample(const carray<std::int64_t>& indptr, const carray<I>& indices, std::int64_t n_items,
                     const carray<std::int64_t>& users, std::int64_t num_negatives, std::uint64_t seed,
                     std::int64_t row_offset, bool replace, const std::optional<carray<double>>& cum,
-                    const std::optional<carray<double>>& entries, carray<std::int64_t>& out, int num_threads,
+                    const std::optional<carray<double>>& keys, carray<std::int64_t>& out, int num_threads,
                     const std::optional<carray<std::int64_t>>& guide) {
   const std::int64_t n_users = indptr.size() - 1;
   const std::int64_t batch = users.size();
   check_guide(guide, cum.has_value(), n_items, "sample_negatives");
-  const auto* ent = check_tables<I>(cum, entries, n_items, indices.size(), "sample_negatives");
+  const double* kp = check_tables(cum, keys, n_items, indices.size(), n_users, "sample_negatives");
   rp::require_size(out, batch * num_negatives, "sample_negatives", "out");
   py::gil_scoped_release release;
   return recfast::cpu::sample_negatives<I>(indptr.data(), indices.data(), n_users, n_items, users.data(), batch,
-                                           num_negatives, seed, row_offset, replace, cum ? cum->data() : nullptr,
-                                           ent, out.mutable_data(), num_threads,
-                                           guide ? guide->data() : nullptr);
+                                           num_negatives, seed, row_offset, replace, cum ? cum->data() : nullptr, kp,
+                                           out.mutable_data(), num_threads, guide ? guide->data() : nullptr);
 }
 
 template <typename I>
 std::int64_t triples(const carray<std::int64_t>& indptr, const carray<I>& indices, std::int64_t n_items,
                      const carray<std::int64_t>& row_of, const carray<std::int64_t>& order, std::int64_t num_negatives,
                      std::uint64_t seed, std::int64_t row_offset, bool replace,
-                     const std::optional<carray<double>>& cum, const std::optional<carray<double>>& entries,
+                     const std::optional<carray<double>>& cum, const std::optional<carray<double>>& keys,
                      carray<std::int64_t>& users_out, carray<std::int64_t>& items_out, carray<std::int64_t>& out,
                      int num_threads, const std::optional<carray<std::int64_t>>& guide) {
   const std::int64_t n_users = indptr.size() - 1;
   const std::int64_t batch = order.size();
   check_guide(guide, cum.has_value(), n_items, "sample_triples");
-  const auto* ent = check_tables<I>(cum, entries, n_items, indices.size(), "sample_triples");
+  const double* kp = check_tables(cum, keys, n_items, indices.size(), n_users, "sample_triples");
   rp::require_size(row_of, indices.size(), "sample_triples", "row_of");
   rp::require_size(users_out, batch, "sample_triples", "users_out");
   rp::require_size(items_out, batch, "sample_triples", "items_out");
   rp::require_size(out, batch * num_negatives, "sample_triples", "out");
   py::gil_scoped_release release;
   return recfast::cpu::sample_triples<I>(indptr.data(), indices.data(), n_users, n_items, row_of.data(), order.data(),
-                                         batch, num_negatives, seed, row_offset, replace, cum ? cum->data() : nullptr,
-                                         ent, users_out.mutable_data(), items_out.mutable_data(),
-                                         out.mutable_data(), num_threads, guide ? guide->data() : nullptr);
+                                         batch, num_negatives, seed, row_offset, replace,
+                                         cum ? cum->data() : nullptr, kp, users_out.mutable_data(),
+                                         items_out.mutable_data(), out.mutable_data(), num_threads,
+                                         guide ? guide->data() : nullptr);
 }
 
 template <typename I>
 std::int64_t epoch_triples(const carray<std::int64_t>& indptr, const carray<I>& indices, std::int64_t n_items,
                            const carray<std::int64_t>& row_of, bool shuffle, std::uint64_t order_seed,
                            std::int64_t start, std::int64_t num_negatives, std::uint64_t seed, bool replace,
-                           const std::optional<carray<double>>& cum, const std::optional<carray<double>>& entries,
+                           const std::optional<carray<double>>& cum, const std::optional<carray<double>>& keys,
                            const std::optional<carray<std::int64_t>>& guide, carray<std::int64_t>& users_out,
                            carray<std::int64_t>& items_out, carray<std::int64_t>& out, int num_threads) {
   const std::int64_t n_users = indptr.size() - 1;
   const std::int64_t nnz = indices.size();
   const std::int64_t batch = users_out.size();
-  const auto* ent = check_tables<I>(cum, entries, n_items, nnz, "sample_epoch_triples");
+  const double* kp = check_tables(cum, keys, n_items, nnz, n_users, "sample_epoch_triples");
   check_guide(guide, cum.has_value(), n_items, "sample_epoch_triples");
   rp::require_size(row_of, nnz, "sample_epoch_triples", "row_of");
   rp::require(start >= 0 && start <= nnz - batch, "sample_epoch_triples: need 0 <= start and start + len(users_out) "
@@ -93,8 +90,8 @@ std::int64_t epoch_triples(const carray<std::int64_t>& indptr, const carray<I>& 
   py::gil_scoped_release release;
   return recfast::cpu::sample_epoch_triples<I>(indptr.data(), indices.data(), n_users, n_items, row_of.data(), nnz,
                                                shuffle, order_seed, start, batch, num_negatives, seed, replace,
-                                               cum ? cum->data() : nullptr, ent,
-                                               guide ? guide->data() : nullptr, users_out.mutable_data(),
+                                               cum ? cum->data() : nullptr, kp, guide ? guide->data() : nullptr,
+                                               users_out.mutable_data(),
                                                items_out.mutable_data(), out.mutable_data(), num_threads);
 }
 
@@ -103,7 +100,7 @@ void bind_typed(py::module_& m) {
   m.def("sample_triples", &triples<I>, py::arg("indptr").noconvert(), py::arg("indices").noconvert(),
         py::arg("n_items"), py::arg("row_of").noconvert(), py::arg("order").noconvert(), py::arg("num_negatives"),
         py::arg("seed"), py::arg("row_offset"), py::arg("replace"), py::arg("cum").noconvert().none(true),
-        py::arg("entries").noconvert().none(true), py::arg("users_out").noconvert(), py::arg("items_out").noconvert(),
+        py::arg("keys").noconvert().none(true), py::arg("users_out").noconvert(), py::arg("items_out").noconvert(),
         py::arg("out").noconvert(), py::arg("num_threads"), py::arg("guide").noconvert().none(true) = py::none(),
         "A loader batch in one call: users_out[b] = row_of[order[b]], items_out[b] = indices[order[b]] and their "
         "negatives in out, as sample_negatives draws them; returns -1 or the first bad batch position. Callers "
@@ -111,7 +108,7 @@ void bind_typed(py::module_& m) {
   m.def("sample_epoch_triples", &epoch_triples<I>, py::arg("indptr").noconvert(), py::arg("indices").noconvert(),
         py::arg("n_items"), py::arg("row_of").noconvert(), py::arg("shuffle"), py::arg("order_seed"),
         py::arg("start"), py::arg("num_negatives"), py::arg("seed"), py::arg("replace"),
-        py::arg("cum").noconvert().none(true), py::arg("entries").noconvert().none(true),
+        py::arg("cum").noconvert().none(true), py::arg("keys").noconvert().none(true),
         py::arg("guide").noconvert().none(true), py::arg("users_out").noconvert(), py::arg("items_out").noconvert(),
         py::arg("out").noconvert(), py::arg("num_threads"),
         "Positions [start, start + len(users_out)) of an epoch: entry e = p (shuffle false) or the Feistel "
@@ -120,7 +117,7 @@ void bind_typed(py::module_& m) {
   m.def("sample_negatives", &sample<I>, py::arg("indptr").noconvert(), py::arg("indices").noconvert(),
         py::arg("n_items"), py::arg("users").noconvert(), py::arg("num_negatives"), py::arg("seed"),
         py::arg("row_offset"), py::arg("replace"), py::arg("cum").noconvert().none(true),
-        py::arg("entries").noconvert().none(true), py::arg("out").noconvert(), py::arg("num_threads"),
+        py::arg("keys").noconvert().none(true), py::arg("out").noconvert(), py::arg("num_threads"),
         py::arg("guide").noconvert().none(true) = py::none(),
         "Writes negatives into out (flattened (batch, K)); returns -1, or the batch position of the first "
         "user without enough candidates. Callers validate ids first.");

@@ -22,7 +22,7 @@ from ..csr import CSR
 __all__ = ["sample_negatives"]
 
 _MASK64 = (1 << 64) - 1
-# Per-CSR cache of the weighted tables: [weakref to the weights tensor, its _version, cum, entries, guide].
+# Per-CSR cache of the weighted tables: [weakref to the weights tensor, its _version, cum, keys, guide].
 _WEIGHT_CACHE: "weakref.WeakKeyDictionary[CSR, tuple]" = weakref.WeakKeyDictionary()
 
 
@@ -87,13 +87,13 @@ def sample_negatives(
     n_users, n_items = csr.shape
     k = int(num_negatives)
     check_range(op, "users", users, n_users)
-    cum = ent = None
+    cum = keys = None
     if weights is not None:
         check_tensor(op, "weights", weights, dtypes=(torch.float32, torch.float64), ndim=1, device=csr.device,
                      contiguous=False)
         if weights.numel() != n_items:
             raise ValueError(f"{op}: weights has {weights.numel()} entries, expected n_items = {n_items}")
-        cum, ent = _weighted_prefix(csr, weights)
+        cum, keys = _weighted_prefix(csr, weights)
     seed = int(seed) & _MASK64
     users64 = users.to(torch.int64).contiguous()
     out = torch.empty(users64.numel(), k, dtype=torch.int64, device=csr.device)
@@ -109,7 +109,7 @@ def sample_negatives(
         with torch.cuda.device(csr.device):
             mod.sample_negatives(csr.indptr.data_ptr(), csr.indices.data_ptr(), csr.indices.dtype == torch.int64,
                                  n_items, users64.data_ptr(), users64.numel(), k, seed, int(row_offset), bool(replace),
-                                 0 if cum is None else cum.data_ptr(), 0 if ent is None else ent.data_ptr(),
+                                 0 if cum is None else cum.data_ptr(), 0 if keys is None else keys.data_ptr(),
                                  out.data_ptr(), bad.data_ptr(), stream_of(out))
         b = int(bad.item())
         if b < users64.numel():
@@ -121,10 +121,10 @@ def sample_negatives(
     on_cpu = csr.device.type == "cpu"
     c = csr if on_cpu else csr.to("cpu")
     host_out = out if on_cpu else torch.empty_like(out, device="cpu")
-    tables = (None, None) if cum is None else (np_view(cum.cpu()), np_view(ent.cpu()))
+    tables = (None, None) if cum is None else (np_view(cum.cpu()), np_view(keys.cpu()))
     guide = _cdf_guide(csr, weights, users64.numel() * k) if on_cpu and weights is not None and replace else None
     b = _C.sample_negatives(np_view(c.indptr), np_view(c.indices), n_items, np_view(users64.cpu()), k, seed,
-                            int(row_offset), bool(replace), tables[0], tables[1], np_view(host_out).reshape(-1),
+                            int(row_offset), bool(replace), *tables, np_view(host_out).reshape(-1),
                             nt, None if guide is None else np_view(guide))
     if b >= 0:
         _raise_no_negatives(csr, users64, b, k, replace, weights)
@@ -164,9 +164,9 @@ def _sample_triples(
         check_range(op, "order", order, csr.nnz)
     n_items = csr.n_cols
     k = int(num_negatives)
-    cum = ent = guide = None
+    cum = keys = guide = None
     if weights is not None:
-        cum, ent = _weighted_prefix(csr, weights)
+        cum, keys = _weighted_prefix(csr, weights)
         guide = _cdf_guide(csr, weights, order.numel() * k)
     n = order.numel()
     users = torch.empty(n, dtype=torch.int64)
@@ -176,7 +176,7 @@ def _sample_triples(
         return users, items, out
     b = _C.sample_triples(np_view(csr.indptr), np_view(csr.indices), n_items, np_view(row_of), np_view(order), k,
                           int(seed) & _MASK64, int(row_offset), True, None if cum is None else np_view(cum),
-                          None if ent is None else np_view(ent), np_view(users), np_view(items),
+                          None if keys is None else np_view(keys), np_view(users), np_view(items),
                           np_view(out).reshape(-1), int(num_threads or 0), None if guide is None else np_view(guide))
     if b >= 0:
         _raise_no_negatives(csr, users, b, k, True, weights)
@@ -185,10 +185,8 @@ def _sample_triples(
 
 def _weighted_prefix(csr: CSR, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The weighted tables (recfast/sampling.h), cached per CSR and weights version: ``cum``
-    (n_items + 1, float64), the CDF of the weights, and ``entries``, one record per stored entry
-    (P, item, kf; see _weighted_tables) packed as float64 units: 16 bytes with int32 indices, 24
-    with int64. The row search reads kf from the records; the draw's other reads from the row
-    (P, the exact key, the items around the answer) come from the records it read last."""
+    (n_items + 1, float64), the CDF of the weights, and ``keys`` (nnz + n_users, float64), each
+    row's keys followed by its complement mass (see _weighted_tables)."""
     entry = _weighted_entry(csr, weights)
     return entry[2], entry[3]
 
@@ -208,52 +206,30 @@ def _weighted_entry(csr: CSR, weights: torch.Tensor) -> list:
         raise ValueError(f"sample_negatives: weights must be non-negative, got {float(w.min())}")
     # Built on the CPU whatever the device (a serial float64 cumsum; a GPU scan rounds in another
     # order), so CPU and CUDA draw from the same bits and return the same negatives.
-    idx_h = csr.indices.cpu()
-    cum, P, kf = _weighted_tables(csr.indptr.cpu(), idx_h, w.cpu())
-    entries = _pack_entries(P, idx_h, kf).to(w.device)
-    cum = cum.to(w.device)
-    del P, kf
-    entry = [weakref.ref(weights), version, cum, entries, None]  # the CPU guide table, built on demand
+    cum, keys = _weighted_tables(csr.indptr.cpu(), csr.indices.cpu(), w.cpu())
+    entry = [weakref.ref(weights), version, cum.to(w.device), keys.to(w.device), None]  # the CPU guide, on demand
     _WEIGHT_CACHE[csr] = entry
     return entry
 
 
-def _weighted_tables(indptr: torch.Tensor, indices: torch.Tensor,
-                     w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """cum, P and kf (see _weighted_prefix) from float64 weights, on their device. With G the
-    prefix of the weights over the stored entries and s the start of entry p's row:
-    ``P[p] = G[p + 1] - G[s]`` and ``kf[p] <= cum[indices[p]] - (G[p] - G[s])``, the largest
-    float32 that is. Elementwise float64 subtractions, so the kernels' exact keys (cum of the item
-    minus the previous entry's P) give the same bits as this."""
+def _weighted_tables(indptr: torch.Tensor, indices: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """cum and keys (see _weighted_prefix) from float64 weights, on their device. With G the prefix
+    of the weights over the stored entries and s the start of row u: row u's keys, at
+    ``keys[s + u : s + u + deg + 1]``, are ``cum[indices[p]] - (G[p] - G[s])`` for its entries p
+    (the complement mass below each item) and then ``cum[n_items] - (G[s + deg] - G[s])`` (the
+    row's complement mass). Elementwise float64 operations: the kernels read these bits."""
     zero = torch.zeros(1, dtype=torch.float64, device=w.device)
     idx = indices.to(device=w.device, dtype=torch.int64)
     ip = indptr.to(device=w.device, dtype=torch.int64)
+    n_rows, nnz = ip.numel() - 1, idx.numel()
     cum = torch.cat([zero, torch.cumsum(w, 0)])
     G = torch.cat([zero, torch.cumsum(w[idx], 0)])
-    # G[s] of each entry's row: the row starts repeated over the row lengths.
-    base = torch.repeat_interleave(G[ip[:-1]], ip[1:] - ip[:-1], output_size=idx.numel())
-    key = cum[idx] - (G[:-1] - base)
-    P = G[1:] - base
-    del G, base
-    kf = key.to(torch.float32)
-    above = kf.to(torch.float64) > key  # rounded up (or to inf): take the float32 below
-    kf[above] = torch.nextafter(kf[above], torch.tensor(-float("inf"), device=w.device))
-    return cum, P, kf
-
-
-def _pack_entries(P: torch.Tensor, indices: torch.Tensor, kf: torch.Tensor) -> torch.Tensor:
-    """The kernels' records ``{double P; I item; float kf}`` (C layout: 16 bytes for int32 items,
-    24 for int64) as a flat float64 tensor."""
-    units = 2 if indices.dtype == torch.int32 else 3
-    rec = torch.zeros(P.numel(), units, dtype=torch.float64, device=P.device)
-    rec[:, 0] = P
-    if units == 2:
-        rec.view(torch.int32)[:, 2] = indices
-        rec.view(torch.float32)[:, 3] = kf
-    else:
-        rec.view(torch.int64)[:, 1] = indices
-        rec.view(torch.float32)[:, 4] = kf
-    return rec.view(-1)
+    lengths = ip[1:] - ip[:-1]
+    row_of = torch.repeat_interleave(torch.arange(n_rows, device=w.device), lengths, output_size=nnz)
+    keys = torch.empty(nnz + n_rows, dtype=torch.float64, device=w.device)
+    keys[torch.arange(nnz, device=w.device) + row_of] = cum[idx] - (G[:-1] - G[ip[:-1]][row_of])
+    keys[ip[1:] + torch.arange(n_rows, device=w.device)] = cum[-1] - (G[ip[1:]] - G[ip[:-1]])
+    return cum, keys
 
 
 def _cdf_guide(csr: CSR, weights: torch.Tensor, draws: int) -> torch.Tensor | None:
@@ -292,9 +268,9 @@ def _sample_epoch_triples(
     ``_sample_triples(csr, row_of, order, num_negatives, seed=seed, weights=weights,
     row_offset=start)``. The loaders validate their arguments; ``row_of`` is int64 (nnz)."""
     k = int(num_negatives)
-    cum = ent = guide = None
+    cum = keys = guide = None
     if weights is not None:
-        cum, ent = _weighted_prefix(csr, weights)
+        cum, keys = _weighted_prefix(csr, weights)
         guide = _cdf_guide(csr, weights, length * k)
     users = torch.empty(length, dtype=torch.int64)
     items = torch.empty(length, dtype=torch.int64)
@@ -303,7 +279,7 @@ def _sample_epoch_triples(
         return users, items, out
     b = _C.sample_epoch_triples(np_view(csr.indptr), np_view(csr.indices), csr.n_cols, np_view(row_of), bool(shuffle),
                                 int(order_seed) & _MASK64, int(start), k, int(seed) & _MASK64, True,
-                                None if cum is None else np_view(cum), None if ent is None else np_view(ent),
+                                None if cum is None else np_view(cum), None if keys is None else np_view(keys),
                                 None if guide is None else np_view(guide), np_view(users), np_view(items),
                                 np_view(out).reshape(-1), int(num_threads or 0))
     if b >= 0:
@@ -397,15 +373,15 @@ def _sample_negatives_reference(
     out = np.empty((users_np.size, k), dtype=np.int64)
     if k == 0:
         return torch.from_numpy(out)
-    keys = _rng_key(int(seed) & _MASK64, np.arange(users_np.size, dtype=np.uint64) + np.uint64(row_offset))
+    streams = _rng_key(int(seed) & _MASK64, np.arange(users_np.size, dtype=np.uint64) + np.uint64(row_offset))
     counters = np.arange(k, dtype=np.uint64)
     w = None if weights is None else weights.detach().cpu().numpy().astype(np.float64)
     if w is not None:
-        cum, P, kf = (x.numpy() for x in _weighted_tables(c.indptr, c.indices, torch.from_numpy(w)))
+        cum, keys = (x.numpy() for x in _weighted_tables(c.indptr, c.indices, torch.from_numpy(w)))
     for b, u in enumerate(users_np):
         row = indices[indptr[u]:indptr[u + 1]]
         complement = np.setdiff1d(np.arange(n_items), row)
-        bits = _rng_bits(np.full(k, keys[b], dtype=np.uint64), counters)
+        bits = _rng_bits(np.full(k, streams[b], dtype=np.uint64), counters)
         if w is None:
             m = complement.size
             if m < (1 if replace else k):
@@ -419,29 +395,31 @@ def _sample_negatives_reference(
                     ranks.append(j if t in ranks else t)
                 out[b] = complement[np.array(ranks, dtype=np.int64)]
             continue
+        deg = row.size
+        rowk = keys[indptr[u] + u:indptr[u + 1] + u + 1]  # the row's keys, then its complement mass
         local = list(row)
-        # The kernel's float arithmetic: local_G[j] = P_j, the weight of the row's first j entries
-        # (from the prefix over all stored entries: the P table), updated as items join.
-        local_G = [0.0] + list(P[indptr[u]:indptr[u + 1]])
+        # Without replacement the kernel keeps local_G[j] = P_j, the weight of the row's first j
+        # entries (P_j = cum[row[j]] - key_j, P_deg = cum[n_items] - mass), updated as items join.
+        local_G = [*(cum[row] - rowk[:deg]), cum[n_items] - rowk[deg]]
         for kk in range(k):
             arr = np.array(local, dtype=np.int64)
-            lg = np.array(local_G)
-            mass = cum[n_items] - (lg[len(local)] - lg[0])
-            if not (mass > (0.0 if replace else 1e-12 * cum[n_items])):
-                _raise_no_negatives(csr, users, b, k, replace, weights)
-            t = _rng_unit(bits[kk:kk + 1])[0] * mass
-            # Row items whose complement mass below them is <= t lie before the answer; shift t by
-            # their mass and find t's interval in the global CDF (the kernel's arithmetic).
-            exact = cum[arr] - (lg[:len(local)] - lg[0])
             if replace:
-                # The kernel's two steps: search the rounded-down keys, confirm by the exact key
-                # of the last entry counted, else search the exact keys before it.
-                j = _search_count(kf[indptr[u]:indptr[u + 1]].astype(np.float64), t)
-                if j > 0 and not exact[j - 1] <= t:
-                    j = _search_count(exact[:j - 1], t)
+                mass = rowk[deg]
+                if not mass > 0.0:
+                    _raise_no_negatives(csr, users, b, k, replace, weights)
+                t = _rng_unit(bits[kk:kk + 1])[0] * mass
+                # Row items whose complement mass below them is <= t lie before the answer; the
+                # gap after the last of them starts at cum[prev + 1] (the kernel's arithmetic).
+                j = _search_count(rowk[:deg], t)
+                ta = (t - rowk[j - 1]) + cum[row[j - 1] + 1] if j > 0 else t
             else:
-                j = int(np.count_nonzero(exact <= t))
-            ta = t + (lg[j] - lg[0])
+                lg = np.array(local_G)
+                mass = cum[n_items] - (lg[len(local)] - lg[0])
+                if not mass > 1e-12 * cum[n_items]:
+                    _raise_no_negatives(csr, users, b, k, replace, weights)
+                t = _rng_unit(bits[kk:kk + 1])[0] * mass
+                j = int(np.count_nonzero(cum[arr] - (lg[:len(local)] - lg[0]) <= t))
+                ta = t + (lg[j] - lg[0])
             ok = (cum[1:] - cum[:-1] > 0) & ~np.isin(np.arange(n_items), arr)
             x = min(int(np.searchsorted(cum[1:], ta, side="right")), n_items - 1)
             if not ok.any():  # the complement's mass rounded to a few ulps, not 0: no negative

@@ -36,26 +36,44 @@ namespace recfast {
 //   weight of a row's first j entries is P_j = G[s + j] - G[s] (s = indptr[u]);
 //   the complement mass below item x is C(x) = cum[x] - P_{#row entries < x}.
 // A target t in [0, C(n_items)) maps to the smallest x with C(x + 1) > t, which is never a row
-// item (those add no mass). The kernels read one record per stored entry p = s + j, built once per
-// (csr, weights) by the caller (recfast/ops/sampling.py):
-//   P    = G[p + 1] - G[s], the row's weight through entry j (P_{j+1}; P_0 = 0 is implicit);
-//   item = indices[p];
-//   kf   = the largest float32 <= key_j, where key_j = cum[row[j]] - P_j = C(row[j]).
-// The row search reads kf, one load per step like the uniform search. kf[j] <= key_j, so it counts
-// every entry with key_j <= t and perhaps a few more whose key lies within a float32 rounding
-// above t; one exact key (the last entry counted) confirms the count, else an exact search of the
-// entries before it gives it (rare: t must fall within 2^-24 relative of a key). Everything the
-// draw then needs from the row (P at the answer, the exact key, the items on either side) sits in
-// the records the search read last, so the search's cache misses are the draw's only ones in the
-// row. 16 bytes an entry with int32 indices, 24 with int64.
+// item (those add no mass). The kernels read one table besides cum, built once per (csr, weights)
+// by the caller (recfast/ops/sampling.py): row u's keys, deg + 1 doubles from keys + s + u,
+//   key_j = C(row[j]) = cum[row[j]] - P_j for j < deg (non-decreasing), and
+//   key_deg = C(n_items) = cum[n_items] - P_deg, the row's complement mass (the draw's scale).
+// A draw counts lo = #{j < deg : key_j <= t} (the row search: 8-byte keys, read where the uniform
+// search reads the 4-byte indices), after which the answer lies in the gap between the row items
+// prev = row[lo - 1] and row[lo]. Inside that gap C(x) = cum[x] - P_lo, and P_lo = cum[prev + 1] -
+// key_{lo-1} (the item prev adds no complement mass), so the global CDF target is
+//   ta = (t - key_{lo-1}) + cum[prev + 1]   (ta = t when lo = 0),
+// and x solves cum[x] <= ta < cum[x + 1]. Nothing per entry but the key: the whole draw reads the
+// keys, the two indices around the answer and cum, the fewest cache lines a draw can touch (a
+// table of 16-byte records per entry, as before, overflowed the last-level cache of a shared VM,
+// where each of its misses went to DRAM: 4-5x the uniform draw's time). 8 bytes an entry and one
+// per row. weighted_finish repairs the rare rounding at a gap's edge, and the answer is never a
+// row item.
+
+// #{j < n : key_j <= t} over a row's keys (a branchless lower bound; the keys are non-decreasing).
+// Integer masks rather than conditionals: the comparisons are unpredictable.
+RF_HD std::int64_t key_count(const double* rowk, std::int64_t n, double t) {
+  std::int64_t lo = 0;
+  while (n > 0) {
+    const std::int64_t half = n >> 1;
+    const std::int64_t mid = lo + half;
+    const std::int64_t right = -static_cast<std::int64_t>(rowk[mid] <= t);
+    lo += (mid + 1 - lo) & right;
+    n = (half & ~right) | ((n - half - 1) & right);
+  }
+  return lo;
+}
+
+// Row u's keys: keys + indptr[u] + u.
+RF_HD const double* row_keys(const double* keys, offset_t start, std::int64_t u) { return keys + start + u; }
+
+// The global CDF target of complement target t after lo row items (see above).
 template <typename I>
-struct WeightedEntry {
-  double P;
-  I item;
-  float kf;
-};
-static_assert(sizeof(WeightedEntry<std::int32_t>) == 16, "the Python packing assumes 16 bytes");
-static_assert(sizeof(WeightedEntry<std::int64_t>) == 24, "the Python packing assumes 24 bytes");
+RF_HD double gap_target(const double* cum, const I* row, const double* rowk, std::int64_t lo, double t) {
+  return lo > 0 ? (t - rowk[lo - 1]) + cum[static_cast<std::int64_t>(row[lo - 1]) + 1] : t;
+}
 
 template <typename I>
 RF_HD std::int64_t row_below(const I* row, std::int64_t deg, std::int64_t x) {
@@ -67,33 +85,6 @@ RF_HD std::int64_t row_below(const I* row, std::int64_t deg, std::int64_t x) {
     } else {
       hi = mid;
     }
-  }
-  return lo;
-}
-
-// P_j of a row from its records (rowe = entries + s).
-template <typename I>
-RF_HD double row_prefix(const WeightedEntry<I>* rowe, std::int64_t j) {
-  return j > 0 ? rowe[j - 1].P : 0.0;
-}
-
-// key_j = C(row[j]), exactly as the tables were built from it.
-template <typename I>
-RF_HD double row_key(const double* cum, const WeightedEntry<I>* rowe, std::int64_t j) {
-  return cum[static_cast<std::int64_t>(rowe[j].item)] - row_prefix(rowe, j);
-}
-
-// #{j < n : kf_j <= t} (a branchless lower bound; kf is non-decreasing, as the keys are). Integer
-// masks rather than conditionals: the comparisons are unpredictable.
-template <typename I>
-RF_HD std::int64_t key32_count(const WeightedEntry<I>* rowe, std::int64_t n, double t) {
-  std::int64_t lo = 0;
-  while (n > 0) {
-    const std::int64_t half = n >> 1;
-    const std::int64_t mid = lo + half;
-    const std::int64_t right = -static_cast<std::int64_t>(static_cast<double>(rowe[mid].kf) <= t);
-    lo += (mid + 1 - lo) & right;
-    n = (half & ~right) | ((n - half - 1) & right);
   }
   return lo;
 }
@@ -115,32 +106,6 @@ RF_HD std::int64_t weighted_row_count_prefix(const double* cum, const I* row, co
   return lo;
 }
 
-// The same count from a row's records.
-template <typename I>
-RF_HD std::int64_t exact_row_count(const double* cum, const WeightedEntry<I>* rowe, std::int64_t n, double t) {
-  std::int64_t lo = 0;
-  while (n > 0) {
-    const std::int64_t half = n >> 1;
-    const std::int64_t mid = lo + half;
-    const std::int64_t right = -static_cast<std::int64_t>(row_key(cum, rowe, mid) <= t);
-    lo += (mid + 1 - lo) & right;
-    n = (half & ~right) | ((n - half - 1) & right);
-  }
-  return lo;
-}
-
-// The count after the kf search gave `lo`: confirmed by entry lo - 1's exact key, else searched
-// exactly among the entries before it (once; the vector code does the same).
-template <typename I>
-RF_HD std::int64_t weighted_row_confirm(const double* cum, const WeightedEntry<I>* rowe, std::int64_t lo, double t) {
-  if (lo > 0 && !(row_key(cum, rowe, lo - 1) <= t)) lo = exact_row_count(cum, rowe, lo - 1, t);
-  return lo;
-}
-
-// The three steps of a weighted draw, shared by weighted_unseen and the CPU's lockstep lanes.
-// C(row[j]) is non-decreasing in j, and the answer x lies after exactly j* = #{j : C(row[j]) <= t}
-// row items. Shifting t by those items' mass (P_{j*}) turns the complement search into one search
-// of the global CDF: cum[x] <= t + P_{j*} < cum[x + 1]. Two searches, O(log deg + log n_items).
 // #{x in [a, a + m) : cum[x + 1] <= ta} + a: over [0, n_items) it is the global search.
 RF_HD std::int64_t cdf_count(const double* cum, std::int64_t a, std::int64_t m, double ta) {
   while (m > 0) {
@@ -202,12 +167,12 @@ RF_HD std::int64_t weighted_finish(const double* cum, std::int64_t n_items, cons
   return x;
 }
 
-// A weighted draw from a row's records (rowe = entries + indptr[u]).
+// A weighted draw from a row and its keys (rowk = row_keys(keys, indptr[u], u)), t in [0, rowk[deg]).
 template <typename I>
-RF_HD std::int64_t weighted_unseen(const double* cum, std::int64_t n_items, const I* row,
-                                   const WeightedEntry<I>* rowe, std::int64_t deg, double t) {
-  const std::int64_t lo = weighted_row_confirm(cum, rowe, key32_count(rowe, deg, t), t);
-  const double ta = t + row_prefix(rowe, lo);
+RF_HD std::int64_t weighted_unseen(const double* cum, std::int64_t n_items, const I* row, const double* rowk,
+                                   std::int64_t deg, double t) {
+  const std::int64_t lo = key_count(rowk, deg, t);
+  const double ta = gap_target(cum, row, rowk, lo, t);
   return weighted_finish(cum, n_items, row, deg, lo, cdf_count(cum, 0, n_items, ta));
 }
 
@@ -218,13 +183,6 @@ RF_HD std::int64_t weighted_unseen_prefix(const double* cum, std::int64_t n_item
   const std::int64_t lo = weighted_row_count_prefix(cum, row, rowG, deg, t);
   const double ta = t + (rowG[lo] - rowG[0]);
   return weighted_finish(cum, n_items, row, deg, lo, cdf_count(cum, 0, n_items, ta));
-}
-
-// Complement mass of a row: total weight minus the row's own weight (P_deg).
-template <typename I>
-RF_HD double complement_mass(const double* cum, std::int64_t n_items, const WeightedEntry<I>* rowe,
-                             std::int64_t deg) {
-  return cum[n_items] - row_prefix(rowe, deg);
 }
 
 // Uniform draw number `draw` for batch position `pos`: the r-th unseen item of the row.
@@ -261,7 +219,7 @@ namespace recfast::cpu {
 // out[b * K + k] = a negative for user users[b]. The stream of row b is rng_key(seed, row_offset + b)
 // and draw k of that stream is rng_bits(key, k), so any split of the batch with the matching
 // row_offset reproduces the whole batch, on any thread count and on CUDA.
-// cum, entries: nullptr (uniform) or the CDF and the per-entry records described above (weighted).
+// cum, keys: nullptr (uniform) or the CDF and the rows' keys described above (weighted).
 // replace == false draws distinct items per row (Floyd's algorithm over complement ranks for
 // uniform; sequential removal of each drawn item's mass for weighted).
 // Returns -1 on success, else the batch position of a user without enough negatives.
@@ -269,7 +227,7 @@ template <typename I>
 std::int64_t sample_negatives(const offset_t* indptr, const I* indices, std::int64_t n_users, std::int64_t n_items,
                               const std::int64_t* users, std::int64_t batch, std::int64_t num_negatives,
                               std::uint64_t seed, std::int64_t row_offset, bool replace, const double* cum,
-                              const WeightedEntry<I>* entries, std::int64_t* out, int num_threads,
+                              const double* keys, std::int64_t* out, int num_threads,
                               const std::int64_t* guide = nullptr);
 
 // guide[j] = #{x : cum[x + 1] <= j * cum[n_items] / n_items} for j = 0..n_items (n_items + 1
@@ -286,7 +244,8 @@ template <typename I>
 std::int64_t sample_triples(const offset_t* indptr, const I* indices, std::int64_t n_users, std::int64_t n_items,
                             const std::int64_t* row_of, const std::int64_t* order, std::int64_t batch,
                             std::int64_t num_negatives, std::uint64_t seed, std::int64_t row_offset, bool replace,
-                            const double* cum, const WeightedEntry<I>* entries, std::int64_t* users_out, std::int64_t* items_out,
+                            const double* cum, const double* keys, std::int64_t* users_out,
+                            std::int64_t* items_out,
                             std::int64_t* out, int num_threads, const std::int64_t* guide = nullptr);
 
 // sample_triples for positions [start, start + batch) of an epoch over the nnz stored entries,
@@ -299,7 +258,8 @@ std::int64_t sample_epoch_triples(const offset_t* indptr, const I* indices, std:
                                   std::int64_t n_items, const std::int64_t* row_of, std::int64_t nnz, bool shuffle,
                                   std::uint64_t order_seed, std::int64_t start, std::int64_t batch,
                                   std::int64_t num_negatives, std::uint64_t seed, bool replace, const double* cum,
-                                  const WeightedEntry<I>* entries, const std::int64_t* guide, std::int64_t* users_out,
+                                  const double* keys, const std::int64_t* guide,
+                                  std::int64_t* users_out,
                                   std::int64_t* items_out, std::int64_t* out, int num_threads);
 
 // The uniform kernel's instruction set, for tests and benchmarks: "auto" (AVX-512 where the CPU
@@ -324,7 +284,8 @@ namespace recfast::cuda {
 template <typename I>
 void sample_negatives(const offset_t* indptr, const I* indices, std::int64_t n_items, const std::int64_t* users,
                       std::int64_t batch, std::int64_t num_negatives, std::uint64_t seed, std::int64_t row_offset,
-                      bool replace, const double* cum, const WeightedEntry<I>* entries, std::int64_t* out, std::int64_t* bad,
+                      bool replace, const double* cum, const double* keys, std::int64_t* out,
+                      std::int64_t* bad,
                       CUstream_st* stream);
 
 }  // namespace recfast::cuda
