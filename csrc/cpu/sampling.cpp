@@ -55,9 +55,12 @@ struct WeightedProbe {
     const double* k = row_keys(keys, s, u);
     __builtin_prefetch(k + d);
     __builtin_prefetch(k + (d >> 1));
-    if (d > 16) {
+    if (d > 8) {
       __builtin_prefetch(k + (d >> 2));
       __builtin_prefetch(k + (d >> 1) + (d >> 2));
+    }
+    if (d > 32) {
+      for (offset_t e = 1; e < 8; e += 2) __builtin_prefetch(k + ((d * e) >> 3));
     }
   }
 };
@@ -111,72 +114,97 @@ void uniform_lanes(const offset_t* indptr, const I* indices, std::int64_t n_item
   }
 }
 
-// Weighted draws with replacement for rows [b0, b0 + L), the same arithmetic as weighted_unseen:
-// the L row searches and then the L bracketed CDF searches run in lockstep, and the loads between
-// them (the indices around each answer, cum at the gap, the guide bucket) are issued for all lanes
-// before any is used, so that their cache misses overlap.
+// Weighted draws with replacement for the rows of [b0, b1) (a multiple of L), the same arithmetic
+// as weighted_unseen, L rows at a time. A draw is a chain of dependent loads: the row search over
+// the keys, then the indices around the answer, cum at the gap and the guide bucket, then the
+// bracketed CDF search. Each stage runs for L lanes in lockstep, and the stages of consecutive
+// groups of L draws are software-pipelined: while one group searches its rows, the previous
+// group's indices (prefetched when its search ended) give its gap targets, and the group before
+// that (whose guide buckets were prefetched then) finishes. The loads of a stage were issued a
+// whole stage earlier, so the chain's latencies overlap instead of adding up.
 template <typename I, int L>
-void weighted_lanes(const offset_t* indptr, const I* indices, std::int64_t n_items, const std::int64_t* users,
-                    std::int64_t b0, std::int64_t K, std::uint64_t seed, std::int64_t row_offset, const double* cum,
-                    const double* keys, const std::int64_t* guide, std::int64_t M, double inv_h, std::int64_t* out,
-                    std::atomic<std::int64_t>& first_bad, std::int64_t prefetch_end) {
-  static const I zero_row[1] = {0};
-  prefetch_rows_ahead<L>(indptr, users, b0, prefetch_end, WeightedProbe{keys});
+struct WeightedGroup {
+  std::int64_t b0 = 0, k = 0;
+  bool live = false;
   const I* row[L];
   const double* rowk[L];
-  std::int64_t deg[L];
-  double mass[L];
-  std::uint64_t key[L];
+  std::int64_t deg[L], lo[L], prev[L], next[L], j[L];
+  double t[L], ta[L];
   bool ok[L];
-  for (int l = 0; l < L; ++l) {
-    const std::int64_t b = b0 + l;
-    const std::int64_t u = users[b];
-    const offset_t start = indptr[u];
-    deg[l] = indptr[u + 1] - start;
-    row[l] = deg[l] > 0 ? indices + start : zero_row;
-    rowk[l] = row_keys(keys, start, u);
-    mass[l] = rowk[l][deg[l]];
-    ok[l] = mass[l] > 0.0;
-    key[l] = rng_key(seed, static_cast<std::uint64_t>(row_offset + b));
-    if (!ok[l]) {
-      record_failure(first_bad, b);
-      deg[l] = 0;  // the lane still runs (nothing is read past the row), its draws are dropped
-      mass[l] = 0.0;
-    }
-  }
-  for (std::int64_t k = 0; k < K; ++k) {
-    double t[L], ta[L];
-    std::int64_t lo[L], n[L], a[L], m[L], prev[L], next[L];
+};
+
+template <typename I, int L>
+void weighted_lanes(const offset_t* indptr, const I* indices, std::int64_t n_items, const std::int64_t* users,
+                    std::int64_t b0, std::int64_t b1, std::int64_t K, std::uint64_t seed, std::int64_t row_offset,
+                    const double* cum, const double* keys, const std::int64_t* guide, std::int64_t M, double inv_h,
+                    std::int64_t* out, std::atomic<std::int64_t>& first_bad, std::int64_t prefetch_end) {
+  static const I zero_row[1] = {0};
+  WeightedGroup<I, L> ring[3];
+  // Stage 1: the rows and their searches (lo = #{keys <= t}); prefetch the indices around lo.
+  auto search = [&](WeightedGroup<I, L>& g, std::int64_t c0, std::int64_t k) {
+    g.b0 = c0;
+    g.k = k;
+    g.live = true;
+    if (k == 0) prefetch_rows_ahead<L>(indptr, users, c0, prefetch_end, WeightedProbe{keys});
+    std::int64_t n[L];
     for (int l = 0; l < L; ++l) {
-      t[l] = rng_unit(rng_bits(key[l], static_cast<std::uint64_t>(k))) * mass[l];
-      lo[l] = 0;
-      n[l] = deg[l];
+      const std::int64_t b = c0 + l;
+      const std::int64_t u = users[b];
+      const offset_t start = indptr[u];
+      std::int64_t deg = indptr[u + 1] - start;
+      g.row[l] = deg > 0 ? indices + start : zero_row;
+      g.rowk[l] = row_keys(keys, start, u);
+      double mass = g.rowk[l][deg];
+      g.ok[l] = mass > 0.0;
+      if (!g.ok[l]) {
+        if (k == 0) record_failure(first_bad, b);
+        deg = 0;  // the lane still runs (nothing is read past the row), its draws are dropped
+        mass = 0.0;
+      }
+      g.deg[l] = deg;
+      const std::uint64_t key = rng_key(seed, static_cast<std::uint64_t>(row_offset + b));
+      g.t[l] = rng_unit(rng_bits(key, static_cast<std::uint64_t>(k))) * mass;
+      g.lo[l] = 0;
+      n[l] = deg;
     }
     for (;;) {
       std::int64_t active = 0;
       for (int l = 0; l < L; ++l) {
         const std::int64_t half = n[l] >> 1;
-        const std::int64_t mid = lo[l] + half;
+        const std::int64_t mid = g.lo[l] + half;
         const std::int64_t live = -static_cast<std::int64_t>(n[l] > 0);
-        const std::int64_t right = -static_cast<std::int64_t>(rowk[l][mid & live] <= t[l]) & live;
-        lo[l] += (mid + 1 - lo[l]) & right;
+        const std::int64_t right = -static_cast<std::int64_t>(g.rowk[l][mid & live] <= g.t[l]) & live;
+        g.lo[l] += (mid + 1 - g.lo[l]) & right;
         n[l] = (half & ~right) | ((n[l] - half - 1) & right);
         active |= n[l];
       }
       if (active == 0) break;
     }
-    // The row items on either side of each answer (-1: none), then cum at the gap's start.
+    for (int l = 0; l < L; ++l) __builtin_prefetch(g.row[l] + (g.lo[l] > 0 ? g.lo[l] - 1 : 0));
+  };
+  // Stage 2: the row items on either side of the answer (-1: none), gap_target, the guide bucket.
+  auto gap = [&](WeightedGroup<I, L>& g) {
     for (int l = 0; l < L; ++l) {
-      const std::int64_t j = lo[l], last = deg[l] > 0 ? deg[l] - 1 : 0;
-      const std::int64_t p = static_cast<std::int64_t>(row[l][j > 0 ? j - 1 : 0]);
-      const std::int64_t q = static_cast<std::int64_t>(row[l][j < last ? j : last]);
-      prev[l] = j > 0 ? p : -1;
-      next[l] = j < deg[l] ? q : -1;
-      __builtin_prefetch(cum + prev[l] + 1);
+      const std::int64_t j = g.lo[l], last = g.deg[l] > 0 ? g.deg[l] - 1 : 0;
+      const std::int64_t p = static_cast<std::int64_t>(g.row[l][j > 0 ? j - 1 : 0]);
+      const std::int64_t q = static_cast<std::int64_t>(g.row[l][j < last ? j : last]);
+      g.prev[l] = j > 0 ? p : -1;
+      g.next[l] = j < g.deg[l] ? q : -1;
     }
     for (int l = 0; l < L; ++l) {
-      ta[l] = lo[l] > 0 ? (t[l] - rowk[l][lo[l] - 1]) + cum[prev[l] + 1] : t[l];  // gap_target
-      guide_bracket(guide, M, inv_h, ta[l], &a[l], &m[l]);
+      const double ta = g.lo[l] > 0 ? (g.t[l] - g.rowk[l][g.lo[l] - 1]) + cum[g.prev[l] + 1] : g.t[l];
+      const double q = ta * inv_h;  // guide_bracket's bucket
+      g.ta[l] = ta;
+      g.j[l] = q < 1.0 ? 0 : (q >= static_cast<double>(M - 1) ? M - 1 : static_cast<std::int64_t>(q));
+      __builtin_prefetch(guide + g.j[l]);
+    }
+  };
+  // Stage 3: the bracketed CDF search and the answer.
+  auto finish = [&](WeightedGroup<I, L>& g) {
+    std::int64_t a[L], m[L];
+    for (int l = 0; l < L; ++l) {
+      a[l] = guide[g.j[l]];
+      m[l] = guide[g.j[l] + 1] - a[l];
     }
     for (;;) {
       std::int64_t active = 0;
@@ -184,7 +212,7 @@ void weighted_lanes(const offset_t* indptr, const I* indices, std::int64_t n_ite
         const std::int64_t half = m[l] >> 1;
         const std::int64_t mid = a[l] + half;
         const std::int64_t live = -static_cast<std::int64_t>(m[l] > 0);
-        const std::int64_t right = -static_cast<std::int64_t>(cum[(mid & live) + 1] <= ta[l]) & live;
+        const std::int64_t right = -static_cast<std::int64_t>(cum[(mid & live) + 1] <= g.ta[l]) & live;
         a[l] += (mid + 1 - a[l]) & right;
         m[l] = (half & ~right) | ((m[l] - half - 1) & right);
         active |= m[l];
@@ -192,18 +220,28 @@ void weighted_lanes(const offset_t* indptr, const I* indices, std::int64_t n_ite
       if (active == 0) break;
     }
     for (int l = 0; l < L; ++l) {
-      if (!ok[l]) continue;
+      if (!g.ok[l]) continue;
       // The common case, as in the vector code: guide_fixup leaves a unchanged (cum[a] <= ta <
       // cum[a + 1]) and weighted_finish accepts it (positive weight, after exactly lo row items
       // and not one of them). Only the other lanes take the repairs.
       const std::int64_t x = a[l];
-      const bool good = x < n_items && (x == 0 || cum[x] <= ta[l]) && cum[x + 1] > ta[l] &&
-                        cum[x + 1] - cum[x] > 0.0 && prev[l] < x && next[l] != x;
+      const double ta = g.ta[l];
+      const bool good = x < n_items && (x == 0 || cum[x] <= ta) && cum[x + 1] > ta && cum[x + 1] - cum[x] > 0.0 &&
+                        g.prev[l] < x && g.next[l] != x;
       const std::int64_t got =
-          good ? x : weighted_finish(cum, n_items, row[l], deg[l], lo[l], guide_fixup(cum, n_items, x, ta[l]));
-      if (got < 0) record_failure(first_bad, b0 + l);
-      out[(b0 + l) * K + k] = got;
+          good ? x : weighted_finish(cum, n_items, g.row[l], g.deg[l], g.lo[l], guide_fixup(cum, n_items, x, ta));
+      if (got < 0) record_failure(first_bad, g.b0 + l);
+      out[(g.b0 + l) * K + g.k] = got;
     }
+    g.live = false;
+  };
+  // Group s of the range is (rows c0 = b0 + (s / K) * L, draw s % K); at step s, stage 1 runs for
+  // group s, stage 2 for s - 1 and stage 3 for s - 2 (ring slots s % 3).
+  const std::int64_t steps = (b1 - b0) / L * K;
+  for (std::int64_t s = 0; s < steps + 2; ++s) {
+    if (s < steps) search(ring[s % 3], b0 + (s / K) * L, s % K);
+    if (s >= 1 && s - 1 < steps) gap(ring[(s - 1) % 3]);
+    if (s >= 2) finish(ring[(s - 2) % 3]);
   }
 }
 
@@ -590,25 +628,34 @@ struct Plan {
     return mode == kRows ? 1 : 8;
   }
 
-  // L = lanes() rows from b0 (prefetching rows below prefetch_end).
-  void chunk(std::int64_t b0, std::int64_t prefetch_end) const {
+  // The rows of [b0, b1), a multiple of L = lanes() of them, L at a time (prefetching rows below
+  // prefetch_end).
+  void chunks(std::int64_t b0, std::int64_t b1, std::int64_t prefetch_end) const {
+    const std::int64_t L = lanes();
     switch (mode) {
 #if RF_SAMPLING_AVX512
       case kUniformAvx512:
-        uniform_lanes_avx512<I, RF_AVX512_VECTORS>(indptr, indices, n_items, users, b0, K, hseed, row_offset, out,
-                                                   *first_bad, prefetch_end);
+        for (; b0 < b1; b0 += L) {
+          uniform_lanes_avx512<I, RF_AVX512_VECTORS>(indptr, indices, n_items, users, b0, K, hseed, row_offset, out,
+                                                     *first_bad, prefetch_end);
+        }
         return;
       case kWeightedAvx512:
-        weighted_lanes_avx512<I, RF_AVX512_WEIGHTED_VECTORS>(indptr, indices, n_items, users, b0, K, hseed, row_offset, cum,
-                                                    keys, guide, M, inv_h, out, *first_bad, prefetch_end);
+        for (; b0 < b1; b0 += L) {
+          weighted_lanes_avx512<I, RF_AVX512_WEIGHTED_VECTORS>(indptr, indices, n_items, users, b0, K, hseed,
+                                                               row_offset, cum, keys, guide, M, inv_h, out,
+                                                               *first_bad, prefetch_end);
+        }
         return;
 #endif
       case kUniformLanes:
-        uniform_lanes<I, 8>(indptr, indices, n_items, users, b0, K, seed, row_offset, out, *first_bad, prefetch_end);
+        for (; b0 < b1; b0 += L) {
+          uniform_lanes<I, 8>(indptr, indices, n_items, users, b0, K, seed, row_offset, out, *first_bad, prefetch_end);
+        }
         return;
       case kWeightedLanes:
-        weighted_lanes<I, 8>(indptr, indices, n_items, users, b0, K, seed, row_offset, cum, keys, guide, M,
-                             inv_h, out, *first_bad, prefetch_end);
+        weighted_lanes<I, 8>(indptr, indices, n_items, users, b0, b1, K, seed, row_offset, cum, keys, guide, M, inv_h,
+                             out, *first_bad, prefetch_end);
         return;
       default:
         return;
@@ -684,7 +731,9 @@ struct Plan {
   void range(std::int64_t b, std::int64_t e) const {
     const std::int64_t L = lanes();
     if (L > 1) {
-      for (; b + L <= e; b += L) chunk(b, e);
+      const std::int64_t full_end = b + (e - b) / L * L;
+      chunks(b, full_end, e);
+      b = full_end;
     }
     std::vector<std::int64_t> local_row;
     std::vector<double> local_G;
@@ -741,11 +790,13 @@ std::int64_t sample_negatives(const offset_t* indptr, const I* indices, std::int
                                  keys, guide, out, &first_bad, own_guide);
   const std::int64_t L = p.lanes();
   if (L > 1) {
-    // Rows in chunks of L (the lockstep searches); the last batch % L rows go one by one.
-    const std::int64_t full = batch / L;
+    // Rows in chunks of L (the lockstep searches), handed out 32 chunks at a time (the weighted
+    // lanes pipeline the chunks of a range); the last batch % L rows go one by one.
+    const std::int64_t full = batch / L * L, span = 32 * L;
+    const std::int64_t n_spans = (full + span - 1) / span;
 #pragma omp parallel for schedule(static) num_threads(resolve_threads(num_threads))
-    for (std::int64_t c = 0; c < full; ++c) p.chunk(c * L, full * L);
-    p.range(full * L, batch);
+    for (std::int64_t c = 0; c < n_spans; ++c) p.chunks(c * span, c * span + span < full ? c * span + span : full, full);
+    p.range(full, batch);
   } else {
 #pragma omp parallel num_threads(resolve_threads(num_threads))
     {
