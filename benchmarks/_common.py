@@ -7,6 +7,7 @@ agree, and records medians of repeats (the machines are shared and noisy) in one
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import platform
 import statistics
@@ -52,6 +53,24 @@ def time_fn(fn: Callable[[], Any], *, device: str | torch.device = "cpu", repeat
     return statistics.median(times)
 
 
+@functools.lru_cache(maxsize=1)
+def _cpu_model() -> str:
+    """The CPU's name and x86 family/model from /proc/cpuinfo (VMs often report a bare "AMD EPYC";
+    the family tells Zen 3 (25) from Zen 5 (26)), or the platform string elsewhere."""
+    fields: dict[str, str] = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if not line.strip():
+                    break
+                k, _, v = line.partition(":")
+                fields[k.strip()] = v.strip()
+    except OSError:
+        return platform.processor() or platform.machine()
+    name = fields.get("model name", platform.machine())
+    return f"{name} (family {fields.get('cpu family', '?')}, model {fields.get('model', '?')})"
+
+
 def env_record(device: str | torch.device = "cpu") -> dict[str, Any]:
     info = recfast.build_info()
     env: dict[str, Any] = {
@@ -60,6 +79,8 @@ def env_record(device: str | torch.device = "cpu") -> dict[str, Any]:
         "torch": torch.__version__,
         "python": platform.python_version(),
         "cpu": platform.processor() or platform.machine(),
+        "cpu_model": _cpu_model(),
+        "sampling_isas": list(recfast._C.sampling_isas()),
         "threads": info["openmp_max_threads"],
         "torch_threads": torch.get_num_threads(),
     }
