@@ -13,6 +13,17 @@ RESULTS = Path(__file__).resolve().parent / "results"
 KEYS = ("dataset", "graph", "d", "batch", "k", "layers")
 
 
+def _cpu_label(env: dict) -> str:
+    """'CPU, 2 threads', with the x86 family where the record names it (Zen 3 is 25, Zen 5 is 26)
+    and whether the AVX-512 sampling path was available, so rows from different hosts differ."""
+    label = "CPU, %s threads" % env.get("threads", "?")
+    model = env.get("cpu_model", "")
+    if "family" in model:
+        label += ", family " + model.split("family", 1)[1].split(",")[0].strip()
+        label += ", AVX-512" if "avx512" in env.get("sampling_isas", []) else ", no AVX-512"
+    return label
+
+
 def main(argv: list[str]) -> None:
     files = [Path(a) for a in argv] or sorted(RESULTS.glob("*.json"))
     print("| device | op | case | recfast ms | baseline | baseline ms | speedup |")
@@ -22,7 +33,7 @@ def main(argv: list[str]) -> None:
         if not isinstance(records, list):  # quality_cpu.json: a table of its own (bench_quality.py)
             continue
         for r in records:
-            dev = r["env"].get("gpu", "CPU, %s threads" % r["env"].get("threads", "?"))
+            dev = r["env"].get("gpu") or _cpu_label(r["env"])
             case = " ".join(f"{k}={r['params'][k]}" for k in KEYS if k in r["params"])
             print(f"| {dev} | {r['op']} | {case} | {r['recfast_ms']:.3g} | {r['baseline']} | {r['baseline_ms']:.3g} | "
                   f"{r['speedup']:.2f}x |")
