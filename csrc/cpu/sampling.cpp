@@ -192,10 +192,9 @@ void weighted_lanes(const offset_t* indptr, const I* indices, std::int64_t n_ite
       g.next[l] = j < g.deg[l] ? q : -1;
     }
     for (int l = 0; l < L; ++l) {
-      const double ta = g.lo[l] > 0 ? (g.t[l] - g.rowk[l][g.lo[l] - 1]) + cum[g.prev[l] + 1] : g.t[l];
-      const double q = ta * inv_h;  // guide_bracket's bucket
+      const double ta = gap_target(cum, g.row[l], g.rowk[l], g.lo[l], g.t[l]);
       g.ta[l] = ta;
-      g.j[l] = q < 1.0 ? 0 : (q >= static_cast<double>(M - 1) ? M - 1 : static_cast<std::int64_t>(q));
+      g.j[l] = guide_bucket(M, inv_h, ta);
       __builtin_prefetch(guide + g.j[l]);
     }
   };
@@ -257,7 +256,7 @@ void weighted_lanes(const offset_t* indptr, const I* indices, std::int64_t n_ite
 #define RF_AVX512_VECTORS 4
 #endif
 #ifndef RF_AVX512_WEIGHTED_VECTORS
-// Weighted draws wait on a longer chain after the row search (confirm, guide, CDF search, check):
+// Weighted draws wait on a longer chain after the row search (indices, gap target, guide, CDF search):
 // 8 vectors (64 rows) keep more of it in flight (measured on Zen 4, 1 thread: ~10% over 4).
 #define RF_AVX512_WEIGHTED_VECTORS 8
 #endif

@@ -46,11 +46,10 @@ namespace recfast {
 // key_{lo-1} (the item prev adds no complement mass), so the global CDF target is
 //   ta = (t - key_{lo-1}) + cum[prev + 1]   (ta = t when lo = 0),
 // and x solves cum[x] <= ta < cum[x + 1]. Nothing per entry but the key: the whole draw reads the
-// keys, the two indices around the answer and cum, the fewest cache lines a draw can touch (a
-// table of 16-byte records per entry, as before, overflowed the last-level cache of a shared VM,
-// where each of its misses went to DRAM: 4-5x the uniform draw's time). 8 bytes an entry and one
-// per row. weighted_finish repairs the rare rounding at a gap's edge, and the answer is never a
-// row item.
+// keys, the two indices around the answer and cum, the fewest cache lines a draw can touch. (An
+// earlier layout of 16-byte records per entry overflowed the last-level cache of a shared VM, where
+// each of its misses went to DRAM: 4-5x the uniform draw's time.) 8 bytes an entry and one per
+// row. weighted_finish repairs the rare rounding at a gap's edge; the answer is never a row item.
 
 // #{j < n : key_j <= t} over a row's keys (a branchless lower bound; the keys are non-decreasing).
 // Integer masks rather than conditionals: the comparisons are unpredictable.
@@ -122,10 +121,14 @@ RF_HD std::int64_t cdf_count(const double* cum, std::int64_t a, std::int64_t m, 
 // j = 0..M, inv_h = M / total. The bucket of ta brackets the answer of the global search; when
 // rounding put ta in a neighbouring bucket, the walk after the bracketed search corrects it, so
 // the result is that of the full search (cum is non-decreasing).
+RF_HD std::int64_t guide_bucket(std::int64_t M, double inv_h, double ta) {
+  const double q = ta * inv_h;
+  return q < 1.0 ? 0 : (q >= static_cast<double>(M - 1) ? M - 1 : static_cast<std::int64_t>(q));
+}
+
 RF_HD void guide_bracket(const std::int64_t* guide, std::int64_t M, double inv_h, double ta, std::int64_t* a,
                          std::int64_t* m) {
-  const double q = ta * inv_h;
-  const std::int64_t j = q < 1.0 ? 0 : (q >= static_cast<double>(M - 1) ? M - 1 : static_cast<std::int64_t>(q));
+  const std::int64_t j = guide_bucket(M, inv_h, ta);
   *a = guide[j];
   *m = guide[j + 1] - guide[j];
 }
