@@ -1,5 +1,6 @@
 #include "recfast/sampling.h"
 
+#include <algorithm>
 #include <atomic>
 #include <cstddef>
 #include <cstdlib>
@@ -141,31 +142,46 @@ void weighted_lanes(const offset_t* indptr, const I* indices, std::int64_t n_ite
                     std::int64_t* out, std::atomic<std::int64_t>& first_bad, std::int64_t prefetch_end) {
   static const I zero_row[1] = {0};
   WeightedGroup<I, L> ring[3];
+  // The current chunk's rows, read once for its K draws (groups copy what their later stages need:
+  // by then the next chunk may have replaced these).
+  const I* row[L];
+  const double* rowk[L];
+  std::int64_t deg[L];
+  double mass[L];
+  std::uint64_t key[L];
+  bool ok[L];
   // Stage 1: the rows and their searches (lo = #{keys <= t}); prefetch the indices around lo.
   auto search = [&](WeightedGroup<I, L>& g, std::int64_t c0, std::int64_t k) {
     g.b0 = c0;
     g.k = k;
-    if (k == 0) prefetch_rows_ahead<L>(indptr, users, c0, prefetch_end, WeightedProbe{keys});
+    if (k == 0) {
+      prefetch_rows_ahead<L>(indptr, users, c0, prefetch_end, WeightedProbe{keys});
+      for (int l = 0; l < L; ++l) {
+        const std::int64_t b = c0 + l;
+        const std::int64_t u = users[b];
+        const offset_t start = indptr[u];
+        deg[l] = indptr[u + 1] - start;
+        row[l] = deg[l] > 0 ? indices + start : zero_row;
+        rowk[l] = row_keys(keys, start, u);
+        mass[l] = rowk[l][deg[l]];
+        ok[l] = mass[l] > 0.0;
+        key[l] = rng_key(seed, static_cast<std::uint64_t>(row_offset + b));
+        if (!ok[l]) {
+          record_failure(first_bad, b);
+          deg[l] = 0;  // the lane still runs (nothing is read past the row), its draws are dropped
+          mass[l] = 0.0;
+        }
+      }
+    }
     std::int64_t n[L];
     for (int l = 0; l < L; ++l) {
-      const std::int64_t b = c0 + l;
-      const std::int64_t u = users[b];
-      const offset_t start = indptr[u];
-      std::int64_t deg = indptr[u + 1] - start;
-      g.row[l] = deg > 0 ? indices + start : zero_row;
-      g.rowk[l] = row_keys(keys, start, u);
-      double mass = g.rowk[l][deg];
-      g.ok[l] = mass > 0.0;
-      if (!g.ok[l]) {
-        if (k == 0) record_failure(first_bad, b);
-        deg = 0;  // the lane still runs (nothing is read past the row), its draws are dropped
-        mass = 0.0;
-      }
-      g.deg[l] = deg;
-      const std::uint64_t key = rng_key(seed, static_cast<std::uint64_t>(row_offset + b));
-      g.t[l] = rng_unit(rng_bits(key, static_cast<std::uint64_t>(k))) * mass;
+      g.row[l] = row[l];
+      g.rowk[l] = rowk[l];
+      g.deg[l] = deg[l];
+      g.ok[l] = ok[l];
+      g.t[l] = rng_unit(rng_bits(key[l], static_cast<std::uint64_t>(k))) * mass[l];
       g.lo[l] = 0;
-      n[l] = deg;
+      n[l] = deg[l];
     }
     for (;;) {
       std::int64_t active = 0;
@@ -793,7 +809,7 @@ std::int64_t sample_negatives(const offset_t* indptr, const I* indices, std::int
     const std::int64_t full = batch / L * L, span = 32 * L;
     const std::int64_t n_spans = (full + span - 1) / span;
 #pragma omp parallel for schedule(static) num_threads(resolve_threads(num_threads))
-    for (std::int64_t c = 0; c < n_spans; ++c) p.chunks(c * span, c * span + span < full ? c * span + span : full, full);
+    for (std::int64_t c = 0; c < n_spans; ++c) p.chunks(c * span, std::min(c * span + span, full), full);
     p.range(full, batch);
   } else {
 #pragma omp parallel num_threads(resolve_threads(num_threads))

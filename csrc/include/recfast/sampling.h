@@ -247,8 +247,7 @@ template <typename I>
 std::int64_t sample_triples(const offset_t* indptr, const I* indices, std::int64_t n_users, std::int64_t n_items,
                             const std::int64_t* row_of, const std::int64_t* order, std::int64_t batch,
                             std::int64_t num_negatives, std::uint64_t seed, std::int64_t row_offset, bool replace,
-                            const double* cum, const double* keys, std::int64_t* users_out,
-                            std::int64_t* items_out,
+                            const double* cum, const double* keys, std::int64_t* users_out, std::int64_t* items_out,
                             std::int64_t* out, int num_threads, const std::int64_t* guide = nullptr);
 
 // sample_triples for positions [start, start + batch) of an epoch over the nnz stored entries,
@@ -261,8 +260,7 @@ std::int64_t sample_epoch_triples(const offset_t* indptr, const I* indices, std:
                                   std::int64_t n_items, const std::int64_t* row_of, std::int64_t nnz, bool shuffle,
                                   std::uint64_t order_seed, std::int64_t start, std::int64_t batch,
                                   std::int64_t num_negatives, std::uint64_t seed, bool replace, const double* cum,
-                                  const double* keys, const std::int64_t* guide,
-                                  std::int64_t* users_out,
+                                  const double* keys, const std::int64_t* guide, std::int64_t* users_out,
                                   std::int64_t* items_out, std::int64_t* out, int num_threads);
 
 // The uniform kernel's instruction set, for tests and benchmarks: "auto" (AVX-512 where the CPU
@@ -287,8 +285,7 @@ namespace recfast::cuda {
 template <typename I>
 void sample_negatives(const offset_t* indptr, const I* indices, std::int64_t n_items, const std::int64_t* users,
                       std::int64_t batch, std::int64_t num_negatives, std::uint64_t seed, std::int64_t row_offset,
-                      bool replace, const double* cum, const double* keys, std::int64_t* out,
-                      std::int64_t* bad,
+                      bool replace, const double* cum, const double* keys, std::int64_t* out, std::int64_t* bad,
                       CUstream_st* stream);
 
 }  // namespace recfast::cuda
