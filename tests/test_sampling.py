@@ -120,7 +120,7 @@ def test_different_seeds_differ_and_repeat_runs_agree() -> None:
     assert not torch.equal(a, sample_negatives(csr, users, 2, seed=2))
 
 
-@pytest.mark.parametrize("case", ["empty_batch", "zero_negatives", "empty_rows", "one_item"])
+@pytest.mark.parametrize("case", ["empty_batch", "zero_negatives", "empty_rows", "empty_rows_weighted", "one_item"])
 def test_edge_cases(case) -> None:
     if case == "empty_batch":
         out = sample_negatives(random_csr(5, 5, 0.2), torch.empty(0, dtype=torch.int64), 3, seed=0)
@@ -132,6 +132,18 @@ def test_edge_cases(case) -> None:
         csr = recfast.CSR(torch.zeros(4, dtype=torch.int64), torch.empty(0, dtype=torch.int32), (3, 6))
         out = sample_negatives(csr, torch.tensor([0, 2]), 6, seed=0, replace=False)
         assert sorted(out[0].tolist()) == list(range(6))
+    elif case == "empty_rows_weighted":
+        # Empty rows between full ones: each row's keys end with its mass (an empty row has only
+        # that key), in the lanes with a guide table (a batch of 200) and in the per-row code.
+        csr = recfast.CSR(torch.tensor([0, 0, 3, 3, 5]), torch.tensor([1, 4, 5, 0, 2], dtype=torch.int32), (4, 6))
+        w = torch.tensor([0.5, 2.0, 0.0, 1.0, 3.0, 0.25], dtype=torch.float64)
+        users = torch.arange(200) % 4
+        for n in (200, 3):
+            for replace in (True, False):
+                out = sample_negatives(csr, users[:n], 2, seed=3, weights=w, replace=replace)
+                assert torch.equal(out, _sample_negatives_ref(csr, users[:n], 2, seed=3, weights=w, replace=replace))
+                _assert_never_positive(csr, users[:n], out)
+                assert bool((w[out] > 0).all())
     else:
         csr = recfast.CSR(torch.tensor([0, 0, 1]), torch.tensor([0], dtype=torch.int32), (2, 1))
         assert sample_negatives(csr, torch.tensor([0, 0]), 2, seed=0).tolist() == [[0, 0], [0, 0]]
