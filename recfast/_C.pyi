@@ -112,3 +112,6 @@ def sparse_opt_step(
     bias_correction2: float, param: npt.NDArray[Any], state1: npt.NDArray[Any] | None,
     state2: npt.NDArray[Any] | None, rows: npt.NDArray[np.int64], grad: npt.NDArray[Any], num_threads: int,
 ) -> None: ...
+def unique_rows(
+    ids: npt.NDArray[np.int64], upper: int, rows: npt.NDArray[np.int64], inverse: npt.NDArray[np.int64],
+) -> int: ...

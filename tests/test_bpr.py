@@ -74,6 +74,38 @@ def test_matches_reference(device, d, K, reduction, sparse_grad) -> None:
         torch.testing.assert_close(a, w, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("n,upper", [(0, 5), (1, 1), (7, 3), (2048, 40981), (5000, 100), (300, 1 << 40)])
+def test_unique_rows_equals_torch_unique(n, upper) -> None:
+    """The sparse path's bitmap unique (and its sort fallback for huge id ranges) against torch.unique."""
+    from recfast.ops.bpr import _unique_rows
+
+    g = torch.Generator().manual_seed(n)
+    ids = torch.randint(0, upper, (n,), generator=g)
+    rows, inverse = _unique_rows(ids, upper)
+    want_rows, want_inverse = torch.unique(ids, return_inverse=True)
+    assert torch.equal(rows, want_rows) and torch.equal(inverse, want_inverse)
+    assert torch.equal(rows[inverse], ids)
+
+
+def test_unique_rows_kernel_reports_out_of_range_ids() -> None:
+    from recfast import _C
+
+    ids = np.array([3, 9, 10, -1], dtype=np.int64)
+    rows, inverse = np.empty(4, dtype=np.int64), np.empty(4, dtype=np.int64)
+    assert _C.unique_rows(ids, 10, rows, inverse) == -1 - 2  # the first bad position, 2
+    with pytest.raises(ValueError, match="inverse must have one entry per id"):
+        _C.unique_rows(ids, 10, rows, inverse[:3])
+
+
+def test_sparse_gradients_are_truly_coalesced() -> None:
+    """The COO gradients are flagged coalesced: their indices must be sorted and distinct."""
+    U, V, b, u, i, j = _inputs(n_users=50, n_items=40, B=300, K=3, dtype=torch.float32)
+    gU, gV, gb = torch.autograd.grad(bpr_loss(U, V, u, i, j, item_bias=b, sparse_grad=True), (U, V, b))
+    for g in (gU, gV, gb):
+        idx = g.indices()[0]
+        assert g.is_coalesced() and bool((idx[1:] > idx[:-1]).all())
+
+
 def test_repeated_rows_lose_no_updates() -> None:
     U, V, b, _, _, _ = _inputs()
     u = torch.zeros(500, dtype=torch.int64)

@@ -1,4 +1,5 @@
 #include <cmath>
+#include <vector>
 
 #include "recfast/optim.h"
 #include "recfast/parallel.h"
@@ -17,6 +18,30 @@ void sparse_opt_step(SparseOpt kind, const SparseOptParams& h, T* param, T* stat
                             state2 ? state2 + off + t : nullptr);
     }
   }
+}
+
+std::int64_t unique_rows(const std::int64_t* ids, std::int64_t n, std::int64_t upper, std::int64_t* rows,
+                         std::int64_t* inverse) {
+  const std::int64_t words = (upper + 63) >> 6;
+  std::vector<std::uint64_t> bits(static_cast<std::size_t>(words), 0);
+  for (std::int64_t b = 0; b < n; ++b) {
+    const std::int64_t x = ids[b];
+    if (x < 0 || x >= upper) return -1 - b;
+    bits[x >> 6] |= std::uint64_t{1} << (x & 63);
+  }
+  // rank[w]: the ids below word w; the bits of a word, lowest first, are its ids in order.
+  std::vector<std::int64_t> rank(static_cast<std::size_t>(words));
+  std::int64_t m = 0;
+  for (std::int64_t w = 0; w < words; ++w) {
+    rank[w] = m;
+    for (std::uint64_t v = bits[w]; v; v &= v - 1) rows[m++] = (w << 6) + __builtin_ctzll(v);
+  }
+  for (std::int64_t b = 0; b < n; ++b) {
+    const std::int64_t x = ids[b];
+    const std::uint64_t below = bits[x >> 6] & ((std::uint64_t{1} << (x & 63)) - 1);
+    inverse[b] = rank[x >> 6] + __builtin_popcountll(below);
+  }
+  return m;
 }
 
 template void sparse_opt_step<float>(SparseOpt, const SparseOptParams&, float*, float*, float*, std::int64_t,

@@ -1,3 +1,4 @@
+#include <algorithm>
 #include <optional>
 
 #include "bindings.h"
@@ -39,4 +40,16 @@ void bind_typed(py::module_& m) {
 void bind_optim(py::module_& m) {
   bind_typed<float>(m);
   bind_typed<double>(m);
+  m.def(
+      "unique_rows",
+      [](const carray<std::int64_t>& ids, std::int64_t upper, carray<std::int64_t>& rows,
+         carray<std::int64_t>& inverse) {
+        const std::int64_t n = ids.size();
+        rp::require(upper >= 0, "unique_rows: upper must be non-negative");
+        rp::require(inverse.size() == n, "unique_rows: inverse must have one entry per id");
+        rp::require(rows.size() >= std::min(n, upper), "unique_rows: rows must have room for min(len(ids), upper)");
+        py::gil_scoped_release release;
+        return recfast::cpu::unique_rows(ids.data(), n, upper, rows.mutable_data(), inverse.mutable_data());
+      },
+      py::arg("ids").noconvert(), py::arg("upper"), py::arg("rows").noconvert(), py::arg("inverse").noconvert());
 }

@@ -290,19 +290,36 @@ class _BPRSparse(torch.autograd.Function):
         U, V, bias, users, pos, neg, coef = ctx.saved_tensors
         B, K = neg.shape
         scale = _scale(grad, B, ctx.reduction, U.dtype, U.device)
-        urows, urow = torch.unique(users, return_inverse=True)
-        irows, inv = torch.unique(torch.cat([pos, neg.reshape(-1)]), return_inverse=True)
-        gU = torch.zeros(urows.numel(), U.shape[1], dtype=U.dtype, device=U.device)
-        gV = torch.zeros(irows.numel(), V.shape[1], dtype=V.dtype, device=V.device)
-        gb = torch.zeros(irows.numel(), dtype=U.dtype, device=U.device) if ctx.has_bias else None
+        urows, urow = _unique_rows(users, U.shape[0])
+        irows, inv = _unique_rows(torch.cat([pos, neg.reshape(-1)]), V.shape[0])
+        # On the CPU the kernel zeroes the gradient rows itself, in its parallel region.
+        new = torch.empty if U.device.type == "cpu" else torch.zeros
+        gU = new(urows.numel(), U.shape[1], dtype=U.dtype, device=U.device)
+        gV = new(irows.numel(), V.shape[1], dtype=V.dtype, device=V.device)
+        gb = new(irows.numel(), dtype=U.dtype, device=U.device) if ctx.has_bias else None
         _backward(U, V, users, pos, neg, coef, scale, ctx.l2, urow.contiguous(), inv[:B].contiguous(),
-                  inv[B:].contiguous(), gU, gV, gb)
+                  inv[B:].contiguous(), gU, gV, gb, zero=U.device.type == "cpu")
 
         def sparse(rows, values, size):
             return torch.sparse_coo_tensor(rows[None], values, size, is_coalesced=True, check_invariants=False)
 
         return (sparse(urows, gU, U.shape), sparse(irows, gV, V.shape),
                 sparse(irows, gb, bias.shape) if ctx.has_bias else None, None, None, None, None, None)
+
+
+def _unique_rows(ids: torch.Tensor, upper: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``torch.unique(ids, return_inverse=True)`` for int64 ids in [0, upper). On the CPU a bitmap
+    over [0, upper) replaces the sort (at batch 2,048 the two sorts took a third of the sparse
+    forward+backward), while its 16 bytes per 64 ids (bits and ranks) stay near the ids' size."""
+    if ids.device.type != "cpu" or upper > 256 * ids.numel() + (1 << 20):
+        return torch.unique(ids, return_inverse=True)
+    ids = ids.contiguous()
+    rows = torch.empty(min(ids.numel(), upper), dtype=torch.int64)
+    inverse = torch.empty(ids.numel(), dtype=torch.int64)
+    m = _C.unique_rows(np_view(ids), upper, np_view(rows), np_view(inverse))
+    if m < 0:  # the callers validated the ids: this is a bug, not bad input
+        raise RuntimeError(f"unique_rows: id {int(ids[-1 - m])} at position {-1 - m} is outside [0, {upper})")
+    return rows[:m], inverse
 
 
 # ---------------------------------------------------------------------------------------------
