@@ -14,12 +14,15 @@ KEYS = ("dataset", "graph", "d", "batch", "k", "layers")
 
 
 def _cpu_label(env: dict) -> str:
-    """'CPU, 2 threads', with the x86 family where the record names it (Zen 3 is 25, Zen 5 is 26)
-    and whether the AVX-512 sampling path was available, so rows from different hosts differ."""
+    """'CPU, 2 threads', with the vendor and x86 family where the record names them (AMD Zen 3 is
+    family 25, Zen 5 26; Intel's Xeons are 6) and whether the AVX-512 sampling path was available,
+    so rows from different hosts differ."""
     label = "CPU, %s threads" % env.get("threads", "?")
     model = env.get("cpu_model", "")
     if "family" in model:
-        label += ", family " + model.split("family", 1)[1].split(",")[0].strip()
+        vendor = model.split()[0].replace("(R)", "") if model.split() else ""
+        label += ", %s family " % vendor if vendor in ("AMD", "Intel") else ", family "
+        label += model.split("family", 1)[1].split(",")[0].strip()
         label += ", AVX-512" if "avx512" in env.get("sampling_isas", []) else ", no AVX-512"
     return label
 
