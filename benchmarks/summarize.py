@@ -20,7 +20,7 @@ def _cpu_label(env: dict) -> str:
     label = "CPU, %s threads" % env.get("threads", "?")
     model = env.get("cpu_model", "")
     if "family" in model:
-        vendor = model.split()[0].replace("(R)", "") if model.split() else ""
+        vendor = model.split()[0].replace("(R)", "")  # "family" is in model, so it has a word
         label += ", %s family " % vendor if vendor in ("AMD", "Intel") else ", family "
         label += model.split("family", 1)[1].split(",")[0].strip()
         label += ", AVX-512" if "avx512" in env.get("sampling_isas", []) else ", no AVX-512"

@@ -293,12 +293,13 @@ class _BPRSparse(torch.autograd.Function):
         urows, urow = _unique_rows(users, U.shape[0])
         irows, inv = _unique_rows(torch.cat([pos, neg.reshape(-1)]), V.shape[0])
         # On the CPU the kernel zeroes the gradient rows itself, in its parallel region.
-        new = torch.empty if U.device.type == "cpu" else torch.zeros
+        on_cpu = U.device.type == "cpu"
+        new = torch.empty if on_cpu else torch.zeros
         gU = new(urows.numel(), U.shape[1], dtype=U.dtype, device=U.device)
         gV = new(irows.numel(), V.shape[1], dtype=V.dtype, device=V.device)
         gb = new(irows.numel(), dtype=U.dtype, device=U.device) if ctx.has_bias else None
         _backward(U, V, users, pos, neg, coef, scale, ctx.l2, urow.contiguous(), inv[:B].contiguous(),
-                  inv[B:].contiguous(), gU, gV, gb, zero=U.device.type == "cpu")
+                  inv[B:].contiguous(), gU, gV, gb, zero=on_cpu)
 
         def sparse(rows, values, size):
             return torch.sparse_coo_tensor(rows[None], values, size, is_coalesced=True, check_invariants=False)
