@@ -84,14 +84,22 @@ def normalized_adjacency(
 def bpr_forward(
     user_emb: npt.NDArray[Any], item_emb: npt.NDArray[Any], item_bias: npt.NDArray[Any] | None,
     users: npt.NDArray[np.int64], pos: npt.NDArray[np.int64], neg: npt.NDArray[np.int64], l2: float,
-    loss: npt.NDArray[Any], coef: npt.NDArray[Any], num_threads: int,
+    loss: npt.NDArray[Any], coef: npt.NDArray[Any], num_threads: int, isa: int = -1,
 ) -> None: ...
 def bpr_backward(
     user_emb: npt.NDArray[Any], item_emb: npt.NDArray[Any], users: npt.NDArray[np.int64], pos: npt.NDArray[np.int64],
     neg: npt.NDArray[np.int64], coef: npt.NDArray[Any], scale: npt.NDArray[Any], l2: float,
     urow: npt.NDArray[np.int64], prow: npt.NDArray[np.int64], nrow: npt.NDArray[np.int64], grad_user: npt.NDArray[Any],
     grad_item: npt.NDArray[Any], grad_bias: npt.NDArray[Any] | None, num_threads: int, zero: bool = False,
+    isa: int = -1,
 ) -> None: ...
+def bpr_backward_sparse(
+    user_emb: npt.NDArray[Any], item_emb: npt.NDArray[Any], users: npt.NDArray[np.int64], pos: npt.NDArray[np.int64],
+    neg: npt.NDArray[np.int64], coef: npt.NDArray[Any], scale: npt.NDArray[Any], l2: float,
+    urows: npt.NDArray[np.int64], urow: npt.NDArray[np.int64], irows: npt.NDArray[np.int64],
+    iinv: npt.NDArray[np.int64], grad_user: npt.NDArray[Any], grad_item: npt.NDArray[Any],
+    grad_bias: npt.NDArray[Any] | None, num_threads: int,
+) -> tuple[int, int]: ...
 def bpr_sgd_step(
     user_emb: npt.NDArray[np.float32], item_emb: npt.NDArray[np.float32], item_bias: npt.NDArray[np.float32] | None,
     indptr: npt.NDArray[np.int64], indices: npt.NDArray[Any], users: npt.NDArray[np.int64],

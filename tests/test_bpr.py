@@ -118,21 +118,81 @@ def test_repeated_rows_lose_no_updates() -> None:
             torch.testing.assert_close(a, w)
 
 
-def test_gradients_identical_for_any_thread_count() -> None:
+@pytest.mark.parametrize("sparse_grad", [False, True])
+@pytest.mark.parametrize("l2", [0.0, 0.01])
+def test_gradients_identical_for_any_thread_count(sparse_grad, l2) -> None:
     from recfast import _C
 
     assert _C.max_threads() >= 1
     # big enough that the kernels fork (they keep batches under ~0.4 ms of work on one thread),
-    # with each row repeated hundreds of times
+    # with each row repeated hundreds of times; 3 threads split 1 user thread, 2 item threads
     U, V, b, u, i, j = _inputs(B=20000, n_users=50, n_items=40, d=32, K=3, dtype=torch.float32)
-    ref = _grads(bpr_loss(U, V, u, i, j, item_bias=b), (U, V, b))
-    torch.set_num_threads(1)
-    try:
-        again = _grads(bpr_loss(U, V, u, i, j, item_bias=b), (U, V, b))
-    finally:
-        torch.set_num_threads(2)
-    for a, w in zip(ref, again):
-        assert torch.equal(a, w)
+    grads = []
+    for threads in (1, 2, 3, 4):
+        torch.set_num_threads(threads)
+        try:
+            grads.append(_grads(bpr_loss(U, V, u, i, j, item_bias=b, l2=l2, sparse_grad=sparse_grad), (U, V, b)))
+        finally:
+            torch.set_num_threads(2)
+    for again in grads[1:]:
+        for a, w in zip(grads[0], again):
+            assert torch.equal(a, w)
+    want = _grads(_bpr_loss_ref(U.double(), V.double(), u, i, j, item_bias=b.double(), l2=l2), (U, V, b))
+    for a, w in zip(grads[0], want):
+        torch.testing.assert_close(a, w.float(), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("d", [32, 20, 64, 128, 5])
+@pytest.mark.parametrize("K", [1, 3])
+@pytest.mark.parametrize("l2", [0.0, 0.01])
+def test_float_kernels_identical_on_every_instruction_set(d, K, l2) -> None:
+    """The float forward and backward run as portable, AVX2 and AVX-512 variants (as far as the
+    CPU goes); explicit fused multiply-adds make them agree bit for bit, also for |x| in the
+    hundreds (exp underflowing to subnormals) and on the widths without a fixed-width copy."""
+    from recfast import _C
+
+    rng = np.random.default_rng(d * 10 + K)
+    B, nu, ni = 300, 50, 70
+    U = rng.standard_normal((nu, d)).astype(np.float32)
+    U[0] *= 30
+    V = rng.standard_normal((ni, d)).astype(np.float32)
+    bias = rng.standard_normal(ni).astype(np.float32)
+    u, i, j = rng.integers(0, nu, B), rng.integers(0, ni, B), rng.integers(0, ni, (B, K))
+    outs = []
+    for isa in range(_C.bpr_sgd_isa() + 1):
+        loss, coef = np.empty(B, np.float32), np.empty(B * K, np.float32)
+        _C.bpr_forward(U, V, bias, u, i, j, l2, loss, coef, 1, isa)
+        gU, gV, gb = np.empty((nu, d), np.float32), np.empty((ni, d), np.float32), np.empty(ni, np.float32)
+        _C.bpr_backward(U, V, u, i, j, coef, np.full(1, 1 / B, np.float32), l2, u, i, j.reshape(-1), gU, gV, gb, 2,
+                        True, isa)
+        outs.append((loss, coef, gU, gV, gb))
+    for other in outs[1:]:
+        for a, w in zip(outs[0], other):
+            assert np.array_equal(a, w)
+
+
+def test_float_loss_matches_float64_softplus_over_the_range() -> None:
+    """The vector exp and log1p of the float forward: loss and coef within a few ulp of float64's
+    softplus(-x) and -sigmoid(-x), from x = -200 to 200 (subnormal exp at the ends)."""
+    x = torch.cat([torch.linspace(-200, 200, 4001), torch.tensor([0.0, -0.0, 1e-30, -1e-30, 87.0, -87.0, 104.0])])
+    B = x.numel()
+    U = torch.ones(1, 1)
+    V = torch.cat([x[:, None], torch.zeros(1, 1)])
+    u, i, j = torch.zeros(B, dtype=torch.int64), torch.arange(B), torch.full((B,), B)
+    loss = bpr_loss(U, V, u, i, j, reduction="none")
+    x64 = x.double()
+    want = torch.nn.functional.softplus(-x64)
+    assert torch.all((loss.double() - want).abs() <= 4 * torch.finfo(torch.float32).eps * want.abs()
+                     + torch.finfo(torch.float32).smallest_normal * 4)
+    from recfast import _C
+    from recfast._backend import np_view
+
+    coef = np.empty(B, np.float32)
+    _C.bpr_forward(np_view(U), np_view(V), None, u.numpy(), i.numpy(), j[:, None].numpy(), 0.0,
+                   np.empty(B, np.float32), coef, 1)
+    want_c = -torch.sigmoid(-x64)
+    assert torch.all((torch.from_numpy(coef).double() - want_c).abs()
+                     <= 4 * torch.finfo(torch.float32).eps * want_c.abs() + 1e-44)
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])

@@ -176,6 +176,7 @@ def test_bpr_loss_forward_and_backward(monkeypatch, make, sparse_grad):
     monkeypatch.undo()
     monkeypatch.setattr(bpr, "_plain_eager_cpu", lambda *a: False)
     monkeypatch.setattr(bpr, "_backward", _raise(make(msg)))
+    monkeypatch.setattr(bpr, "_sparse_backward_cpu", _raise(make(msg)))  # the sparse path's CPU call
     loss = recfast.ops.bpr_loss(*_bpr_inputs(), sparse_grad=sparse_grad)
     with pytest.raises(make, match=r"^recfast\.ops\.bpr_loss \(CUDA\): "):  # raised by autograd, later
         loss.backward()

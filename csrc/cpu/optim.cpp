@@ -1,3 +1,4 @@
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -22,13 +23,21 @@ void sparse_opt_step(SparseOpt kind, const SparseOptParams& h, T* param, T* stat
 
 std::int64_t unique_rows(const std::int64_t* ids, std::int64_t n, std::int64_t upper, std::int64_t* rows,
                          std::int64_t* inverse) {
+  for (std::int64_t b = 0; b < n; ++b) {
+    if (ids[b] < 0 || ids[b] >= upper) return -1 - b;
+  }
+  if (upper > 256 * n + (std::int64_t{1} << 20)) {
+    // A range far wider than the ids: the bitmap would outweigh them; sort a copy instead.
+    std::vector<std::int64_t> sorted(ids, ids + n);
+    std::sort(sorted.begin(), sorted.end());
+    const std::int64_t m = std::unique(sorted.begin(), sorted.end()) - sorted.begin();
+    std::copy(sorted.begin(), sorted.begin() + m, rows);
+    for (std::int64_t b = 0; b < n; ++b) inverse[b] = std::lower_bound(rows, rows + m, ids[b]) - rows;
+    return m;
+  }
   const std::int64_t words = (upper + 63) >> 6;
   std::vector<std::uint64_t> bits(static_cast<std::size_t>(words), 0);
-  for (std::int64_t b = 0; b < n; ++b) {
-    const std::int64_t x = ids[b];
-    if (x < 0 || x >= upper) return -1 - b;
-    bits[x >> 6] |= std::uint64_t{1} << (x & 63);
-  }
+  for (std::int64_t b = 0; b < n; ++b) bits[ids[b] >> 6] |= std::uint64_t{1} << (ids[b] & 63);
   // rank[w]: the ids below word w; the bits of a word, lowest first, are its ids in order.
   std::vector<std::int64_t> rank(static_cast<std::size_t>(words));
   std::int64_t m = 0;

@@ -289,30 +289,53 @@ class _BPRSparse(torch.autograd.Function):
     def backward(ctx, grad):
         U, V, bias, users, pos, neg, coef = ctx.saved_tensors
         B, K = neg.shape
+        if U.device.type == "cpu":
+            return _sparse_backward_cpu(U, V, bias if ctx.has_bias else None, users, pos, neg, coef, grad, ctx.l2,
+                                        ctx.reduction)
         scale = _scale(grad, B, ctx.reduction, U.dtype, U.device)
         urows, urow = _unique_rows(users, U.shape[0])
         irows, inv = _unique_rows(torch.cat([pos, neg.reshape(-1)]), V.shape[0])
-        # On the CPU the kernel zeroes the gradient rows itself, in its parallel region.
-        on_cpu = U.device.type == "cpu"
-        new = torch.empty if on_cpu else torch.zeros
-        gU = new(urows.numel(), U.shape[1], dtype=U.dtype, device=U.device)
-        gV = new(irows.numel(), V.shape[1], dtype=V.dtype, device=V.device)
-        gb = new(irows.numel(), dtype=U.dtype, device=U.device) if ctx.has_bias else None
+        gU = torch.zeros(urows.numel(), U.shape[1], dtype=U.dtype, device=U.device)
+        gV = torch.zeros(irows.numel(), V.shape[1], dtype=V.dtype, device=V.device)
+        gb = torch.zeros(irows.numel(), dtype=U.dtype, device=U.device) if ctx.has_bias else None
         _backward(U, V, users, pos, neg, coef, scale, ctx.l2, urow.contiguous(), inv[:B].contiguous(),
-                  inv[B:].contiguous(), gU, gV, gb, zero=on_cpu)
+                  inv[B:].contiguous(), gU, gV, gb)
+        return (_sparse_coo(urows, gU, U.shape), _sparse_coo(irows, gV, V.shape),
+                _sparse_coo(irows, gb, bias.shape) if ctx.has_bias else None, None, None, None, None, None)
 
-        def sparse(rows, values, size):
-            return torch.sparse_coo_tensor(rows[None], values, size, is_coalesced=True, check_invariants=False)
 
-        return (sparse(urows, gU, U.shape), sparse(irows, gV, V.shape),
-                sparse(irows, gb, bias.shape) if ctx.has_bias else None, None, None, None, None, None)
+def _sparse_coo(rows: torch.Tensor, values: torch.Tensor, size) -> torch.Tensor:
+    return torch.sparse_coo_tensor(rows[None], values, size, is_coalesced=True, check_invariants=False)
+
+
+def _sparse_backward_cpu(U, V, bias, users, pos, neg, coef, grad, l2, reduction):
+    """The CPU sparse gradients from one kernel call (the distinct rows, each position's index among
+    them, zeroing and scatter), into two buffers sliced for the outputs."""
+    B, K = neg.shape
+    d = U.shape[1]
+    mu_cap, mi_cap = min(B, U.shape[0]), min(B * (K + 1), V.shape[0])
+    if reduction == "none":
+        scale = grad.to(U.dtype).contiguous()
+    else:
+        scale = torch.full((1,), float(grad) / (B if reduction == "mean" and B else 1), dtype=U.dtype)
+    ids = torch.empty(mu_cap + B + mi_cap + B * (K + 1), dtype=torch.int64)
+    urows, urow, irows, iinv = ids.split((mu_cap, B, mi_cap, B * (K + 1)))
+    vals = torch.empty((mu_cap + mi_cap) * d + (mi_cap if bias is not None else 0), dtype=U.dtype)
+    gU, gV = vals[:mu_cap * d].view(mu_cap, d), vals[mu_cap * d:(mu_cap + mi_cap) * d].view(mi_cap, d)
+    gb = vals[(mu_cap + mi_cap) * d:] if bias is not None else None
+    mu, mi = _C.bpr_backward_sparse(np_view(U), np_view(V), np_view(users), np_view(pos), np_view(neg),
+                                    np_view(coef).reshape(-1), np_view(scale), float(l2), np_view(urows),
+                                    np_view(urow), np_view(irows), np_view(iinv), np_view(gU), np_view(gV),
+                                    None if gb is None else np_view(gb), 0)
+    return (_sparse_coo(urows[:mu], gU[:mu], U.shape), _sparse_coo(irows[:mi], gV[:mi], V.shape),
+            _sparse_coo(irows[:mi], gb[:mi], bias.shape) if gb is not None else None, None, None, None, None, None)
 
 
 def _unique_rows(ids: torch.Tensor, upper: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``torch.unique(ids, return_inverse=True)`` for int64 ids in [0, upper). On the CPU a bitmap
-    over [0, upper) replaces the sort (at batch 2,048 the two sorts took a third of the sparse
-    forward+backward), while its 16 bytes per 64 ids (bits and ranks) stay near the ids' size."""
-    if ids.device.type != "cpu" or upper > 256 * ids.numel() + (1 << 20):
+    """``torch.unique(ids, return_inverse=True)`` for int64 ids in [0, upper); on the CPU by
+    ``_C.unique_rows`` (a bitmap over the range, a sort where the range is far wider than the ids),
+    the unique step of the CPU sparse backward, ``_C.bpr_backward_sparse``."""
+    if ids.device.type != "cpu":
         return torch.unique(ids, return_inverse=True)
     ids = ids.contiguous()
     rows = torch.empty(min(ids.numel(), upper), dtype=torch.int64)

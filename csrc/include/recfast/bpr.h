@@ -74,16 +74,29 @@ struct FeistelPermutation {
 
 namespace recfast::cpu {
 
-// loss_b (B) and coef (B*K): coef = d loss_b / d x_bk * K = -sigmoid(-x_bk).
+// Instruction sets of the float kernels (the fused SGD and bpr_loss's float forward and backward), chosen at run time (the build is not -march=native).
+// Every variant performs the same float operations in the same order (explicit fused multiply-adds,
+// a fixed 16-lane reduction tree), so they give bit-identical results. kIsaAuto picks the best the
+// CPU supports; the others force one (tests compare them).
+enum SgdIsa : int { kIsaAuto = -1, kIsaPortable = 0, kIsaAvx2 = 1, kIsaAvx512 = 2 };
+
+// The best variant this CPU runs (never kIsaAuto).
+int sgd_isa_supported();
+
+// loss_b (B) and coef (B*K): coef = d loss_b / d x_bk * K = -sigmoid(-x_bk). Float tables run
+// 16-float vector kernels chosen by isa (as the SGD's), double tables generic loops.
 template <typename T>
 void bpr_forward(const T* U, const T* V, const T* bias, std::int64_t d, const std::int64_t* users,
                  const std::int64_t* pos, const std::int64_t* neg, std::int64_t B, std::int64_t K, double l2, T* loss,
-                 T* coef, int num_threads);
+                 T* coef, int num_threads, int isa = kIsaAuto);
 
 // Accumulates scale[b * scale_stride] * d loss_b (scale_stride 0: one scale for the batch) into
 // gU[urow[b]], gV[prow[b]], gV[nrow[b*K+k]] (and gbias at the same item rows when gbias is given).
-// Rows are owned by thread (a hash of the row): each output row is accumulated by one thread in batch
-// order, so repeated rows lose nothing and the result does not depend on the thread count.
+// Rows are owned by thread (float tables in separate gradients: user rows by one group of threads,
+// item rows by the other; within a group, and otherwise, by a hash of the row): each output row is
+// accumulated by one thread in batch order, so repeated rows lose nothing and the result does not
+// depend on the thread count. isa picks the float kernels' variant (kIsaAuto: the best; all agree
+// bit for bit); double tables run generic loops.
 // zero_u, zero_v > 0: the first zero_u rows of gU, zero_v rows of gV and zero_v entries of gbias
 // are zeroed first, in the same parallel region (a dense gradient from uninitialised buffers;
 // gV == gU, the shared-table form, is zeroed once).
@@ -92,16 +105,7 @@ void bpr_backward(const T* U, const T* V, std::int64_t d, const std::int64_t* us
                   const std::int64_t* neg, std::int64_t B, std::int64_t K, const T* coef, const T* scale,
                   std::int64_t scale_stride, double l2, const std::int64_t* urow, const std::int64_t* prow,
                   const std::int64_t* nrow, T* gU, T* gV, T* gbias, std::int64_t zero_u, std::int64_t zero_v,
-                  int num_threads);
-
-// Instruction sets of the fused SGD kernels, chosen at run time (the build is not -march=native).
-// Every variant performs the same float operations in the same order (explicit fused multiply-adds,
-// a fixed 16-lane reduction tree), so they give bit-identical results. kIsaAuto picks the best the
-// CPU supports; the others force one (tests compare them).
-enum SgdIsa : int { kIsaAuto = -1, kIsaPortable = 0, kIsaAvx2 = 1, kIsaAvx512 = 2 };
-
-// The best variant this CPU runs (never kIsaAuto).
-int sgd_isa_supported();
+                  int num_threads, int isa = kIsaAuto);
 
 // One fused SGD step of BPR-MF: for each example, K uniform negatives drawn exactly as
 // sample_negatives(csr, users, K, seed, row_offset) draws them, then the gradients of loss_b applied

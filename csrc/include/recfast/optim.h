@@ -43,9 +43,10 @@ void sparse_opt_step(SparseOpt kind, const SparseOptParams& h, T* param, T* stat
                      const std::int64_t* rows, const T* grad, std::int64_t m, int num_threads);
 
 // torch.unique(ids, return_inverse=True) for ids in [0, upper), by a bitmap over [0, upper)
-// instead of a sort (O(n + upper / 64)): the distinct ids ascending into rows (room for
-// min(n, upper)), inverse[b] = the position of ids[b] in rows. Returns their count, or -1 - b
-// for the first b whose id is out of range.
+// instead of a sort (O(n + upper / 64)) while the range is under 256 n + 2^20 (its 16 bytes per 64
+// ids, bits and ranks, then stay near the ids' size), by a sort beyond: the distinct ids ascending
+// into rows (room for min(n, upper)), inverse[b] = the position of ids[b] in rows. Returns their
+// count, or -1 - b for the first b whose id is out of range.
 std::int64_t unique_rows(const std::int64_t* ids, std::int64_t n, std::int64_t upper, std::int64_t* rows,
                          std::int64_t* inverse);
 
