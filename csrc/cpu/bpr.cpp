@@ -696,23 +696,40 @@ namespace loss_portable {
 }  // namespace loss_portable
 #undef RF_LOSS_ISA
 
+// (Clang spells GCC's target pragma as an attribute applied to every function in the region.)
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
+#else
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
+#endif
 #define RF_LOSS_ISA 1
 namespace loss_avx2 {
 #include "bpr_loss_f32.inc"
 }  // namespace loss_avx2
 #undef RF_LOSS_ISA
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
 #pragma GCC pop_options
+#endif
 
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx512f,avx512dq,avx512vl,avx2,fma"))), apply_to = function)
+#else
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512dq,avx512vl,avx2,fma")
+#endif
 #define RF_LOSS_ISA 2
 namespace loss_avx512 {
 #include "bpr_loss_f32.inc"
 }  // namespace loss_avx512
 #undef RF_LOSS_ISA
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
 #pragma GCC pop_options
+#endif
 
 void forward_f32(const float* U, const float* V, const float* bias, std::int64_t d, const std::int64_t* users,
                  const std::int64_t* pos, const std::int64_t* neg, std::int64_t B, std::int64_t K, double l2,
