@@ -76,12 +76,15 @@ def test_matches_reference(device, d, K, reduction, sparse_grad) -> None:
 
 @pytest.mark.parametrize("n,upper", [(0, 5), (1, 1), (7, 3), (2048, 40981), (5000, 100), (300, 1 << 40)])
 def test_unique_rows_equals_torch_unique(n, upper) -> None:
-    """The sparse path's bitmap unique (and its sort fallback for huge id ranges) against torch.unique."""
-    from recfast.ops.bpr import _unique_rows
+    """The CPU sparse backward's unique (a bitmap over the id range, a sort for ranges far wider
+    than the ids) against torch.unique."""
+    from recfast import _C
 
     g = torch.Generator().manual_seed(n)
     ids = torch.randint(0, upper, (n,), generator=g)
-    rows, inverse = _unique_rows(ids, upper)
+    rows, inverse = np.empty(min(n, upper), np.int64), np.empty(n, np.int64)
+    m = _C.unique_rows(ids.numpy(), upper, rows, inverse)
+    rows, inverse = torch.from_numpy(rows[:m]), torch.from_numpy(inverse)
     want_rows, want_inverse = torch.unique(ids, return_inverse=True)
     assert torch.equal(rows, want_rows) and torch.equal(inverse, want_inverse)
     assert torch.equal(rows[inverse], ids)
@@ -95,6 +98,29 @@ def test_unique_rows_kernel_reports_out_of_range_ids() -> None:
     assert _C.unique_rows(ids, 10, rows, inverse) == -1 - 2  # the first bad position, 2
     with pytest.raises(ValueError, match="inverse must have one entry per id"):
         _C.unique_rows(ids, 10, rows, inverse[:3])
+
+
+def test_sparse_backward_kernel_rejects_out_of_range_ids() -> None:
+    from recfast import _C
+
+    f32, i64 = np.float32, np.int64
+    U, V = np.zeros((3, 4), f32), np.zeros((5, 4), f32)
+    users, pos, neg = np.array([0, 3], i64), np.array([1, 2], i64), np.array([[3], [4]], i64)
+    bufs = [np.empty(n, i64) for n in (2, 2, 4, 4)] + [np.empty((2, 4), f32), np.empty((4, 4), f32)]
+    with pytest.raises(ValueError, match="users holds an id outside the user table"):
+        _C.bpr_backward_sparse(U, V, users, pos, neg, np.zeros(2, f32), np.ones(1, f32), 0.0, *bufs, None, 1)
+    users[1], neg[1, 0] = 2, 5
+    with pytest.raises(ValueError, match="neg_items holds an id outside the item table"):
+        _C.bpr_backward_sparse(U, V, users, pos, neg, np.zeros(2, f32), np.ones(1, f32), 0.0, *bufs, None, 1)
+
+
+def test_sparse_gradients_of_a_huge_item_table() -> None:
+    """An item range far wider than the batch: the unique step sorts instead of a bitmap."""
+    U, V, b, u, i, j = _inputs(n_users=7, n_items=3_000_000, d=2, B=12, K=2, dtype=torch.float32)
+    got = _grads(bpr_loss(U, V, u, i, j, item_bias=b, sparse_grad=True), (U, V, b))
+    want = _grads(_bpr_loss_ref(U, V, u, i, j, item_bias=b), (U, V, b))
+    for a, w in zip(got, want):
+        torch.testing.assert_close(a, w, rtol=1e-5, atol=1e-6)
 
 
 def test_sparse_gradients_are_truly_coalesced() -> None:

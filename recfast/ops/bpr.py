@@ -293,8 +293,8 @@ class _BPRSparse(torch.autograd.Function):
             return _sparse_backward_cpu(U, V, bias if ctx.has_bias else None, users, pos, neg, coef, grad, ctx.l2,
                                         ctx.reduction)
         scale = _scale(grad, B, ctx.reduction, U.dtype, U.device)
-        urows, urow = _unique_rows(users, U.shape[0])
-        irows, inv = _unique_rows(torch.cat([pos, neg.reshape(-1)]), V.shape[0])
+        urows, urow = torch.unique(users, return_inverse=True)
+        irows, inv = torch.unique(torch.cat([pos, neg.reshape(-1)]), return_inverse=True)
         gU = torch.zeros(urows.numel(), U.shape[1], dtype=U.dtype, device=U.device)
         gV = torch.zeros(irows.numel(), V.shape[1], dtype=V.dtype, device=V.device)
         gb = torch.zeros(irows.numel(), dtype=U.dtype, device=U.device) if ctx.has_bias else None
@@ -329,21 +329,6 @@ def _sparse_backward_cpu(U, V, bias, users, pos, neg, coef, grad, l2, reduction)
                                     None if gb is None else np_view(gb), 0)
     return (_sparse_coo(urows[:mu], gU[:mu], U.shape), _sparse_coo(irows[:mi], gV[:mi], V.shape),
             _sparse_coo(irows[:mi], gb[:mi], bias.shape) if gb is not None else None, None, None, None, None, None)
-
-
-def _unique_rows(ids: torch.Tensor, upper: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``torch.unique(ids, return_inverse=True)`` for int64 ids in [0, upper); on the CPU by
-    ``_C.unique_rows`` (a bitmap over the range, a sort where the range is far wider than the ids),
-    the unique step of the CPU sparse backward, ``_C.bpr_backward_sparse``."""
-    if ids.device.type != "cpu":
-        return torch.unique(ids, return_inverse=True)
-    ids = ids.contiguous()
-    rows = torch.empty(min(ids.numel(), upper), dtype=torch.int64)
-    inverse = torch.empty(ids.numel(), dtype=torch.int64)
-    m = _C.unique_rows(np_view(ids), upper, np_view(rows), np_view(inverse))
-    if m < 0:  # the callers validated the ids: this is a bug, not bad input
-        raise RuntimeError(f"unique_rows: id {int(ids[-1 - m])} at position {-1 - m} is outside [0, {upper})")
-    return rows[:m], inverse
 
 
 # ---------------------------------------------------------------------------------------------
