@@ -122,6 +122,14 @@ def _scale(grad: torch.Tensor, B: int, reduction: str, dtype, device) -> torch.T
     return g.expand(B).contiguous() if B else torch.empty(0, dtype=dtype, device=device)
 
 
+def _scale_cpu(grad: torch.Tensor, B: int, reduction: str, dtype: torch.dtype) -> torch.Tensor:
+    """The eager CPU backward's scale: one per example for "none", else a single value, which the
+    CPU kernels read with stride 0 (no (B,) tensor to fill)."""
+    if reduction == "none":
+        return grad.to(dtype).contiguous()
+    return torch.full((1,), float(grad) / (B if reduction == "mean" and B else 1), dtype=dtype)
+
+
 # ---------------------------------------------------------------------------------------------
 # Dense-gradient path: a custom op torch.compile can see.
 # ---------------------------------------------------------------------------------------------
@@ -261,10 +269,7 @@ class _BPRDenseCPU(torch.autograd.Function):
         U, V, users, pos, neg, coef = ctx.saved_tensors
         T = U if V is None else V
         B = users.numel()
-        if ctx.reduction == "none":
-            scale = grad.to(U.dtype).contiguous()
-        else:
-            scale = torch.full((1,), float(grad) / (B if ctx.reduction == "mean" and B else 1), dtype=coef.dtype)
+        scale = _scale_cpu(grad, B, ctx.reduction, coef.dtype)
         gU = cpu_buffers.empty(tuple(U.shape), U.dtype)  # the kernel zeroes it (zero=True below)
         gV = gU if V is None else cpu_buffers.empty(tuple(V.shape), V.dtype)
         gbias = torch.empty(T.shape[0], dtype=U.dtype) if ctx.has_bias else None
@@ -314,10 +319,7 @@ def _sparse_backward_cpu(U, V, bias, users, pos, neg, coef, grad, l2, reduction)
     B, K = neg.shape
     d = U.shape[1]
     mu_cap, mi_cap = min(B, U.shape[0]), min(B * (K + 1), V.shape[0])
-    if reduction == "none":
-        scale = grad.to(U.dtype).contiguous()
-    else:
-        scale = torch.full((1,), float(grad) / (B if reduction == "mean" and B else 1), dtype=U.dtype)
+    scale = _scale_cpu(grad, B, reduction, U.dtype)
     ids = torch.empty(mu_cap + B + mi_cap + B * (K + 1), dtype=torch.int64)
     urows, urow, irows, iinv = ids.split((mu_cap, B, mi_cap, B * (K + 1)))
     vals = torch.empty((mu_cap + mi_cap) * d + (mi_cap if bias is not None else 0), dtype=U.dtype)
