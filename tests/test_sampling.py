@@ -408,19 +408,22 @@ def test_cuda_user_without_negatives_raises() -> None:
 
 
 def test_cached_guide_table_gives_the_same_draws() -> None:
-    """The guide table cached with the weights (passed to every later call) changes nothing: small
-    batches with it (lockstep lanes) equal the per-row path without it."""
+    """The guide table, built with the first weighted call and cached with the weights, changes
+    nothing: small batches with it (lockstep lanes) equal the per-row path without it."""
     from recfast import _C
     from recfast._backend import np_view
-    from recfast.ops.sampling import _cdf_guide, _weighted_prefix
+    from recfast.ops.sampling import _WEIGHT_CACHE, _cdf_guide, _weighted_prefix
 
     csr = random_csr(120, 400, 0.1, seed=5)
     w = torch.rand(400, generator=torch.Generator().manual_seed(0), dtype=torch.float64) ** 4
     w[::5] = 0.0
     cum, keys = _weighted_prefix(csr, w)
-    assert _cdf_guide(csr, w, 10) is None  # too few draws to build it
-    guide = _cdf_guide(csr, w, 10_000)
-    assert guide is not None and _cdf_guide(csr, w, 1) is guide
+    guide = _cdf_guide(csr, w)
+    assert guide is not None and _cdf_guide(csr, w) is guide
+    # a one-row call caches it too, so every later small batch takes the lockstep lanes
+    csr2 = random_csr(120, 400, 0.1, seed=5)
+    sample_negatives(csr2, torch.tensor([3]), 1, seed=0, weights=w)
+    assert torch.equal(_WEIGHT_CACHE[csr2][4], guide)
     users = torch.randint(0, 120, (300,), generator=torch.Generator().manual_seed(1))
     for batch in (1, 7, 40, 300):
         for k in (1, 3):

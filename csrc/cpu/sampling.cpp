@@ -804,11 +804,13 @@ std::int64_t sample_negatives(const offset_t* indptr, const I* indices, std::int
                                  keys, guide, out, &first_bad, own_guide);
   const std::int64_t L = p.lanes();
   if (L > 1) {
-    // Rows in chunks of L (the lockstep searches), handed out 32 chunks at a time (the weighted
-    // lanes pipeline the chunks of a range); the last batch % L rows go one by one.
-    const std::int64_t full = batch / L * L, span = 32 * L;
-    const std::int64_t n_spans = (full + span - 1) / span;
-#pragma omp parallel for schedule(static) num_threads(resolve_threads(num_threads))
+    // Rows in chunks of L (the lockstep searches), handed out up to 32 chunks at a time (the
+    // weighted lanes pipeline the chunks of a range), fewer when the batch is small so that every
+    // thread gets some; the last batch % L rows go one by one.
+    const int nt = resolve_threads(num_threads);
+    const std::int64_t full = batch / L * L, span = L * std::min<std::int64_t>(32, (full / L + nt - 1) / nt);
+    const std::int64_t n_spans = span > 0 ? (full + span - 1) / span : 0;
+#pragma omp parallel for schedule(static) num_threads(nt)
     for (std::int64_t c = 0; c < n_spans; ++c) p.chunks(c * span, std::min(c * span + span, full), full);
     p.range(full, batch);
   } else {
@@ -869,9 +871,17 @@ std::int64_t triples_impl(const offset_t* indptr, const I* indices, std::int64_t
   std::vector<std::int64_t> own_guide;
   const Plan<I> p = make_plan<I>(indptr, indices, n_items, users_out, batch, K, seed, row_offset, replace, cum, keys,
                                  guide, out, &first_bad, own_guide);
-  constexpr std::int64_t block = 2048, group = 64;
+  // Blocks of up to 2,048 positions, a multiple of every kernel's lane count (64 rows at most),
+  // smaller when the batch is small so that every thread gets some.
+  constexpr std::int64_t group = 64;
+#if RF_SAMPLING_AVX512
+  static_assert(group % (8 * RF_AVX512_VECTORS) == 0 && group % (8 * RF_AVX512_WEIGHTED_VECTORS) == 0,
+                "blocks must hold whole chunks of lanes");
+#endif
+  const int nt = resolve_threads(num_threads);
+  const std::int64_t block = group * std::clamp<std::int64_t>((batch / group + nt - 1) / nt, 1, 2048 / group);
   const std::int64_t n_blocks = (batch + block - 1) / block;
-#pragma omp parallel for schedule(static) num_threads(resolve_threads(num_threads))
+#pragma omp parallel for schedule(static) num_threads(nt)
   for (std::int64_t c = 0; c < n_blocks; ++c) {
     const std::int64_t b0 = c * block;
     const std::int64_t b1 = b0 + block < batch ? b0 + block : batch;
