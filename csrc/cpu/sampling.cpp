@@ -708,7 +708,8 @@ struct Plan {
       }
       for (std::int64_t k = 0; k < K; ++k) {
         const double t = rng_unit(rng_bits(key, static_cast<std::uint64_t>(k))) * mass;
-        o[k] = weighted_unseen(cum, n_items, r, rowk, deg, t);
+        o[k] = guide != nullptr ? weighted_unseen_guided(cum, n_items, r, rowk, deg, t, guide, M, inv_h)
+                                : weighted_unseen(cum, n_items, r, rowk, deg, t);
         if (o[k] < 0) record_failure(*first_bad, b);
       }
       return;

@@ -179,6 +179,18 @@ RF_HD std::int64_t weighted_unseen(const double* cum, std::int64_t n_items, cons
   return weighted_finish(cum, n_items, row, deg, lo, cdf_count(cum, 0, n_items, ta));
 }
 
+// The same draw with the global search narrowed to ta's guide bucket (CPU; see guide_bracket).
+template <typename I>
+RF_HD std::int64_t weighted_unseen_guided(const double* cum, std::int64_t n_items, const I* row, const double* rowk,
+                                          std::int64_t deg, double t, const std::int64_t* guide, std::int64_t M,
+                                          double inv_h) {
+  const std::int64_t lo = key_count(rowk, deg, t);
+  const double ta = gap_target(cum, row, rowk, lo, t);
+  std::int64_t a, m;
+  guide_bracket(guide, M, inv_h, ta, &a, &m);
+  return weighted_finish(cum, n_items, row, deg, lo, guide_fixup(cum, n_items, cdf_count(cum, a, m, ta), ta));
+}
+
 // The same draw from a row and its prefix rowG (see weighted_row_count_prefix).
 template <typename I>
 RF_HD std::int64_t weighted_unseen_prefix(const double* cum, std::int64_t n_items, const I* row, const double* rowG,
