@@ -48,16 +48,23 @@ struct UniformProbe {
   RF_INLINE void operator()(std::int64_t, offset_t s, offset_t d) const { __builtin_prefetch(indices + s + (d >> 1)); }
 };
 
-// The weighted draw's: the row's mass (its last key), which sets the draw's scale, and the keys
-// the search reads first, down to its fourth level for rows longer than 32 (8 keys to a cache
-// line: prefetching down to eighths of a row took weighted draws from 2.5x to 2.0-2.2x uniform's
-// time on the Zen 3 host).
+// The weighted draw's: the row's mass (its last key), which sets the draw's scale, the middle
+// key (the search's first), and with Deep the keys the search reads next, down to its fourth level
+// for rows longer than 32 (8 keys to a cache line). Deep suits the scalar lanes, 8 rows in flight:
+// prefetching down to eighths of a row took their weighted draws from 2.5x to 2.0-2.2x uniform's
+// time on a Zen 3 host, and is as good or better on an Intel one. The AVX-512 lanes have 64 rows
+// in flight, and up to 8 lines for each of the next 64 rows fill the core's line-fill buffers and
+// stall the current rows' gathers: on an Intel Xeon (family 6 model 167) they were 16% faster
+// with the mass and the middle alone (1 thread 19.0 vs 23.0 ms for 810 k draws; fewer prefetches
+// than these were no faster).
+template <bool Deep>
 struct WeightedProbe {
   const double* keys;
   RF_INLINE void operator()(std::int64_t u, offset_t s, offset_t d) const {
     const double* k = row_keys(keys, s, u);
     __builtin_prefetch(k + d);
     __builtin_prefetch(k + (d >> 1));
+    if (!Deep) return;
     if (d > 8) {
       __builtin_prefetch(k + (d >> 2));
       __builtin_prefetch(k + (d >> 1) + (d >> 2));
@@ -155,7 +162,7 @@ void weighted_lanes(const offset_t* indptr, const I* indices, std::int64_t n_ite
     g.b0 = c0;
     g.k = k;
     if (k == 0) {
-      prefetch_rows_ahead<L>(indptr, users, c0, prefetch_end, WeightedProbe{keys});
+      prefetch_rows_ahead<L>(indptr, users, c0, prefetch_end, WeightedProbe<true>{keys});
       for (int l = 0; l < L; ++l) {
         const std::int64_t b = c0 + l;
         const std::int64_t u = users[b];
@@ -387,7 +394,7 @@ RF_AVX512 void weighted_lanes_avx512(const offset_t* indptr, const I* indices, s
                                      const std::int64_t* guide, std::int64_t M, double inv_h, std::int64_t* out,
                                      std::atomic<std::int64_t>& first_bad, std::int64_t prefetch_end) {
   constexpr int L = 8 * V;
-  prefetch_rows_ahead<L>(indptr, users, b0, prefetch_end, WeightedProbe{keys});
+  prefetch_rows_ahead<L>(indptr, users, b0, prefetch_end, WeightedProbe<false>{keys});
   const __m512i one = _mm512_set1_epi64(1);
   const __m512i zero = _mm512_setzero_si512();
   const __m512d zerod = _mm512_setzero_pd();
