@@ -89,8 +89,9 @@ def env_record(device: str | torch.device = "cpu") -> dict[str, Any]:
     return env
 
 
-def write_results(records: list[dict[str, Any]], out: Path | None, op: str, device: str) -> Path:
-    out = out or RESULTS / f"{op}_{device}.json"
+def write_results(records: list[dict[str, Any]], out: Path | None, op: str, device: str, quick: bool = False) -> Path:
+    # A smoke run (--quick) writes beside the recorded results, not over them (git ignores it).
+    out = out or RESULTS / f"{op}_{device}{'_quick' if quick else ''}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(records, indent=2) + "\n")
     return out

@@ -189,7 +189,7 @@ def main() -> None:
     bench_loss(args, records)
     if args.device == "cpu" and not args.skip_training:
         bench_training(args, records)
-    out = write_results(records, args.out, "bpr", args.device)
+    out = write_results(records, args.out, "bpr", args.device, quick=args.quick)
     print_table(records)
     print(f"wrote {out}")
 

@@ -231,7 +231,7 @@ def main() -> None:
         records.append(record("lightgcn_step", "torch_sparse_mm_autograd", dev, {**params, "layers": 3, "batch": 2048},
                               time_fn(rf_step, device=dev, repeat=args.repeat, warmup=args.warmup),
                               time_fn(t_step, device=dev, repeat=max(3, args.repeat // 2), warmup=1)))
-    out = write_results(records, args.out, "propagation", dev)
+    out = write_results(records, args.out, "propagation", dev, quick=args.quick)
     print_table(records)
     print(f"wrote {out}")
 

@@ -203,7 +203,7 @@ def main() -> None:
                                   note="weighted epoch against uniform epoch: speedup < 1 means weighted is slower"))
             print(f"  recfast epoch of triples, batch {bs}: {csr.nnz / ep / 1e3:.1f} M/s uniform, "
                   f"{csr.nnz / wep / 1e3:.1f} M/s weighted")
-    out = write_results(records, args.out, "sampling", dev)
+    out = write_results(records, args.out, "sampling", dev, quick=args.quick)
     print_table(records)
     print(f"wrote {out}")
 

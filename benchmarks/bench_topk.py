@@ -162,7 +162,7 @@ def main() -> None:
                        repeat=reps, warmup=1)
         records.append(record("evaluator_full_pass", "recfast_topk_alone", dev,
                               {**params, "metrics": "recall,ndcg,precision,hit,mrr,map @10,20"}, ev_ms, only))
-    out = write_results(records, args.out, "topk", dev)
+    out = write_results(records, args.out, "topk", dev, quick=args.quick)
     print_table(records)
     print(f"wrote {out}")
 

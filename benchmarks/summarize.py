@@ -28,7 +28,7 @@ def _cpu_label(env: dict) -> str:
 
 
 def main(argv: list[str]) -> None:
-    files = [Path(a) for a in argv] or sorted(RESULTS.glob("*.json"))
+    files = [Path(a) for a in argv] or sorted(f for f in RESULTS.glob("*.json") if not f.stem.endswith("_quick"))
     print("| device | op | case | recfast ms | baseline | baseline ms | speedup |")
     print("|---|---|---|---:|---|---:|---:|")
     for f in files:
