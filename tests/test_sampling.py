@@ -101,14 +101,17 @@ def test_weighted_without_replacement_is_distinct() -> None:
     _assert_never_positive(csr, torch.arange(20), neg)
 
 
+@pytest.mark.parametrize("weighted", [False, True])
 @pytest.mark.parametrize("threads", [1, 2, 3])
-def test_same_output_for_any_thread_count_and_batch_split(threads) -> None:
+def test_same_output_for_any_thread_count_and_batch_split(threads, weighted) -> None:
+    # Small batches are split into fewer rows per thread than large ones; the split never shows.
     csr = random_csr(500, 300, 0.05, seed=9)
+    w = torch.rand(300, generator=torch.Generator().manual_seed(3)) ** 2 if weighted else None
     users = torch.randint(0, 500, (5003,), generator=torch.Generator().manual_seed(0))
-    whole = sample_negatives(csr, users, 3, seed=42, num_threads=1)
-    assert torch.equal(sample_negatives(csr, users, 3, seed=42, num_threads=threads), whole)
-    parts = [sample_negatives(csr, users[a:b], 3, seed=42, row_offset=a, num_threads=threads)
-             for a, b in ((0, 1000), (1000, 1001), (1001, 5003))]
+    whole = sample_negatives(csr, users, 3, seed=42, num_threads=1, weights=w)
+    assert torch.equal(sample_negatives(csr, users, 3, seed=42, num_threads=threads, weights=w), whole)
+    parts = [sample_negatives(csr, users[a:b], 3, seed=42, row_offset=a, num_threads=threads, weights=w)
+             for a, b in ((0, 1000), (1000, 1001), (1001, 1200), (1200, 5003))]
     assert torch.equal(torch.cat(parts), whole)
 
 
