@@ -21,6 +21,12 @@ namespace recfast::cpu {
 
 namespace {
 
+// How many of a batch's `chunks` (units of lockstep lanes) to hand out at a time: an equal share
+// for each of nt threads when the batch is small, at most `cap` (and at least 1).
+std::int64_t chunks_per_share(std::int64_t chunks, int nt, std::int64_t cap) {
+  return std::clamp<std::int64_t>((chunks + nt - 1) / nt, 1, cap);
+}
+
 void record_failure(std::atomic<std::int64_t>& first_bad, std::int64_t b) {
   std::int64_t cur = first_bad.load(std::memory_order_relaxed);
   while (b < cur && !first_bad.compare_exchange_weak(cur, b)) {
@@ -816,8 +822,8 @@ std::int64_t sample_negatives(const offset_t* indptr, const I* indices, std::int
     // weighted lanes pipeline the chunks of a range), fewer when the batch is small so that every
     // thread gets some; the last batch % L rows go one by one.
     const int nt = resolve_threads(num_threads);
-    const std::int64_t full = batch / L * L, span = L * std::min<std::int64_t>(32, (full / L + nt - 1) / nt);
-    const std::int64_t n_spans = span > 0 ? (full + span - 1) / span : 0;
+    const std::int64_t full = batch / L * L, span = L * chunks_per_share(full / L, nt, 32);
+    const std::int64_t n_spans = (full + span - 1) / span;
 #pragma omp parallel for schedule(static) num_threads(nt)
     for (std::int64_t c = 0; c < n_spans; ++c) p.chunks(c * span, std::min(c * span + span, full), full);
     p.range(full, batch);
@@ -887,7 +893,7 @@ std::int64_t triples_impl(const offset_t* indptr, const I* indices, std::int64_t
                 "blocks must hold whole chunks of lanes");
 #endif
   const int nt = resolve_threads(num_threads);
-  const std::int64_t block = group * std::clamp<std::int64_t>((batch / group + nt - 1) / nt, 1, 2048 / group);
+  const std::int64_t block = group * chunks_per_share(batch / group, nt, 2048 / group);
   const std::int64_t n_blocks = (batch + block - 1) / block;
 #pragma omp parallel for schedule(static) num_threads(nt)
   for (std::int64_t c = 0; c < n_blocks; ++c) {

@@ -74,7 +74,8 @@ struct FeistelPermutation {
 
 namespace recfast::cpu {
 
-// Instruction sets of the float kernels (the fused SGD and bpr_loss's float forward and backward), chosen at run time (the build is not -march=native).
+// Instruction sets of the float kernels (the fused SGD and bpr_loss's float forward and backward),
+// chosen at run time (the build is not -march=native).
 // Every variant performs the same float operations in the same order (explicit fused multiply-adds,
 // a fixed 16-lane reduction tree), so they give bit-identical results. kIsaAuto picks the best the
 // CPU supports; the others force one (tests compare them).
