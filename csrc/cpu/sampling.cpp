@@ -610,8 +610,8 @@ bool set_sampling_isa(const char* name) {
 bool sampling_avx512_available() { return cpu_has_avx512(); }
 
 void build_cdf_guide(const double* cum, std::int64_t n_items, std::int64_t* guide) {
-  // M = n_items buckets of equal mass; see guide_bracket.
-  const std::int64_t M = n_items;
+  // M buckets of equal mass; see guide_bracket.
+  const std::int64_t M = cdf_guide_buckets(n_items);
   const double total = cum[n_items];
   const double h = total / static_cast<double>(M);
   std::int64_t a = 0;
@@ -787,19 +787,19 @@ Plan<I> make_plan(const offset_t* indptr, const I* indices, std::int64_t n_items
     return p;
   }
   // Weighted with replacement: a guide table over the global CDF (M buckets of equal mass, one
-  // per item) narrows its O(log n_items) search to a bucket's few items, and rows go through the
+  // per 16 items) narrows its O(log n_items) search to a bucket's few items, and rows go through the
   // lockstep lanes. Without a cached guide one is built here (O(n_items)) when the batch's draws
   // repay it; smaller batches take the per-row code. The output is the same either way.
   if (n_items <= 1 || !(cum[n_items] > 0.0)) return p;
   if (guide == nullptr) {
     if (batch * K < n_items / 4 + 64) return p;
-    own_guide.resize(static_cast<std::size_t>(n_items + 1));
+    own_guide.resize(static_cast<std::size_t>(cdf_guide_buckets(n_items) + 1));
     build_cdf_guide(cum, n_items, own_guide.data());
     guide = own_guide.data();
   }
   p.guide = guide;
-  p.M = n_items;
-  p.inv_h = static_cast<double>(n_items) / cum[n_items];
+  p.M = cdf_guide_buckets(n_items);
+  p.inv_h = static_cast<double>(p.M) / cum[n_items];
   p.mode = avx512 ? Plan<I>::kWeightedAvx512 : Plan<I>::kWeightedLanes;
   return p;
 }

@@ -15,7 +15,7 @@ void check_guide(const std::optional<carray<std::int64_t>>& guide, bool weighted
   if (!guide) return;
   rp::require(weighted, std::string(op) + ": guide needs cum and keys");
   rp::require(n_items > 1, std::string(op) + ": guide needs n_items > 1");
-  rp::require_size(*guide, n_items + 1, op, "guide");
+  rp::require_size(*guide, recfast::cdf_guide_buckets(n_items) + 1, op, "guide");
 }
 
 // The weighted tables come together: cum (n_items + 1) and the rows' keys (nnz + n_users: deg + 1
@@ -130,16 +130,18 @@ void bind_sampling(py::module_& m) {
   bind_typed<std::int64_t>(m);
   m.def(
       "sampling_cdf_guide",
-      [](const carray<double>& cum, carray<std::int64_t>& guide) {
+      [](const carray<double>& cum) {
         const std::int64_t n_items = cum.size() - 1;
         rp::require(n_items > 1, "sampling_cdf_guide: cum needs at least 3 entries");
         rp::require(cum.data()[n_items] > 0.0, "sampling_cdf_guide: the total weight must be positive");
-        rp::require_size(guide, n_items + 1, "sampling_cdf_guide", "guide");
+        py::array_t<std::int64_t> guide(recfast::cdf_guide_buckets(n_items) + 1);
+        std::int64_t* g = guide.mutable_data();
         py::gil_scoped_release release;
-        recfast::cpu::build_cdf_guide(cum.data(), n_items, guide.mutable_data());
+        recfast::cpu::build_cdf_guide(cum.data(), n_items, g);
+        return guide;
       },
-      py::arg("cum").noconvert(), py::arg("guide").noconvert(),
-      "Fills guide (n_items + 1) with the bucket table over the CDF cum that weighted sampling searches first.");
+      py::arg("cum").noconvert(),
+      "A new bucket table over the CDF cum (its size set by the kernels) that weighted sampling searches first.");
   m.def("sampling_isa", [] { return std::string(recfast::cpu::sampling_isa()); },
         "The uniform sampler's instruction-set setting: auto, scalar or avx512.");
   m.def(

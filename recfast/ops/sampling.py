@@ -245,8 +245,7 @@ def _cdf_guide(csr: CSR, weights: torch.Tensor) -> torch.Tensor | None:
     n_items = cum.numel() - 1
     if cum.device.type != "cpu" or n_items <= 1 or not float(cum[-1]) > 0.0:
         return None
-    guide = torch.empty(n_items + 1, dtype=torch.int64)
-    _C.sampling_cdf_guide(np_view(cum), np_view(guide))
+    guide = torch.from_numpy(_C.sampling_cdf_guide(np_view(cum)))
     entry[4] = guide
     return guide
 

@@ -118,9 +118,19 @@ RF_HD std::int64_t cdf_count(const double* cum, std::int64_t a, std::int64_t m, 
 }
 
 // A guide over the global CDF (CPU): guide[j] = #{x : cum[x + 1] <= j * total / M} for
-// j = 0..M, inv_h = M / total. The bucket of ta brackets the answer of the global search; when
-// rounding put ta in a neighbouring bucket, the walk after the bracketed search corrects it, so
-// the result is that of the full search (cum is non-decreasing).
+// j = 0..M, M = cdf_guide_buckets(n_items), inv_h = M / total. The bucket of ta brackets the
+// answer of the global search; when rounding put ta in a neighbouring bucket, the walk after the
+// bracketed search corrects it, so the result is that of the full search (cum is non-decreasing).
+// One bucket of equal mass per 16 items: the table (half a byte per item) stays in L1 and takes
+// little of the L2 that the rows' keys and cum compete for, where a bucket per item took as much
+// as cum; the search inside a bucket costs ~4 more steps over its ~2 cache lines of cum. On 2
+// threads of an Intel Xeon VM, 810 k weighted draws on the Gowalla-shaped set took 9.9 instead of
+// 10.8 ms (medians of 12 alternating processes; the same draws; 1 thread unchanged).
+constexpr std::int64_t kGuideItems = 16;
+RF_HD std::int64_t cdf_guide_buckets(std::int64_t n_items) {
+  return n_items / kGuideItems > 1 ? n_items / kGuideItems : 1;
+}
+
 RF_HD std::int64_t guide_bucket(std::int64_t M, double inv_h, double ta) {
   const double q = ta * inv_h;
   return q < 1.0 ? 0 : (q >= static_cast<double>(M - 1) ? M - 1 : static_cast<std::int64_t>(q));
@@ -245,11 +255,11 @@ std::int64_t sample_negatives(const offset_t* indptr, const I* indices, std::int
                               const double* keys, std::int64_t* out, int num_threads,
                               const std::int64_t* guide = nullptr);
 
-// guide[j] = #{x : cum[x + 1] <= j * cum[n_items] / n_items} for j = 0..n_items (n_items + 1
-// entries; needs n_items > 1 and cum[n_items] > 0): the bucket table that weighted sampling with
-// replacement searches first. Callers that sample many batches with the same weights build it once
-// and pass it as `guide`; without it, a call builds its own when the batch is large enough. The
-// output is the same with or without a guide.
+// guide[j] = #{x : cum[x + 1] <= j * cum[n_items] / M} for j = 0..M, M = cdf_guide_buckets(n_items)
+// (M + 1 entries; needs n_items > 1 and cum[n_items] > 0): the bucket table that weighted
+// sampling with replacement searches first. Callers that sample many batches with the same
+// weights build it once and pass it as `guide`; without it, a call builds its own when the batch
+// is large enough. The output is the same with or without a guide.
 void build_cdf_guide(const double* cum, std::int64_t n_items, std::int64_t* guide);
 
 // A loader's batch in one call: interaction e = order[b] (an index into indices) gives
