@@ -787,9 +787,9 @@ Plan<I> make_plan(const offset_t* indptr, const I* indices, std::int64_t n_items
     return p;
   }
   // Weighted with replacement: a guide table over the global CDF (M buckets of equal mass, one
-  // per 16 items) narrows its O(log n_items) search to a bucket's few items, and rows go through the
-  // lockstep lanes. Without a cached guide one is built here (O(n_items)) when the batch's draws
-  // repay it; smaller batches take the per-row code. The output is the same either way.
+  // per 16 items) narrows its O(log n_items) search to a bucket's few items, and rows go through
+  // the lockstep lanes. Without a cached guide one is built here (O(n_items)) when the batch's
+  // draws repay it; smaller batches take the per-row code. The output is the same either way.
   if (n_items <= 1 || !(cum[n_items] > 0.0)) return p;
   if (guide == nullptr) {
     if (batch * K < n_items / 4 + 64) return p;

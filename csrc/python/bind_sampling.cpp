@@ -136,8 +136,10 @@ void bind_sampling(py::module_& m) {
         rp::require(cum.data()[n_items] > 0.0, "sampling_cdf_guide: the total weight must be positive");
         py::array_t<std::int64_t> guide(recfast::cdf_guide_buckets(n_items) + 1);
         std::int64_t* g = guide.mutable_data();
-        py::gil_scoped_release release;
-        recfast::cpu::build_cdf_guide(cum.data(), n_items, g);
+        {
+          py::gil_scoped_release release;  // held again before guide is returned
+          recfast::cpu::build_cdf_guide(cum.data(), n_items, g);
+        }
         return guide;
       },
       py::arg("cum").noconvert(),
