@@ -791,15 +791,16 @@ Plan<I> make_plan(const offset_t* indptr, const I* indices, std::int64_t n_items
   // the lockstep lanes. Without a cached guide one is built here (O(n_items)) when the batch's
   // draws repay it; smaller batches take the per-row code. The output is the same either way.
   if (n_items <= 1 || !(cum[n_items] > 0.0)) return p;
+  const std::int64_t M = cdf_guide_buckets(n_items);
   if (guide == nullptr) {
     if (batch * K < n_items / 4 + 64) return p;
-    own_guide.resize(static_cast<std::size_t>(cdf_guide_buckets(n_items) + 1));
+    own_guide.resize(static_cast<std::size_t>(M + 1));
     build_cdf_guide(cum, n_items, own_guide.data());
     guide = own_guide.data();
   }
   p.guide = guide;
-  p.M = cdf_guide_buckets(n_items);
-  p.inv_h = static_cast<double>(p.M) / cum[n_items];
+  p.M = M;
+  p.inv_h = static_cast<double>(M) / cum[n_items];
   p.mode = avx512 ? Plan<I>::kWeightedAvx512 : Plan<I>::kWeightedLanes;
   return p;
 }
