@@ -5,6 +5,7 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT  # the sanitized build and its package copy
 py=${PYTHON:-python}
 pybind_dir=$("$py" -c 'import pybind11; print(pybind11.get_cmake_dir())' 2>/dev/null || true)
 if [ -z "$pybind_dir" ]; then
